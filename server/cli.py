@@ -1,0 +1,197 @@
+"""``voice-server``: run the server and manage API keys.
+
+voice-server serve [--dev] [--host H] [--port P] [--allow-public-bind]
+voice-server keys create --org ORG [--publishable] [--label L] [--json]
+voice-server keys list [--json]
+voice-server keys revoke KEY_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from server import log as logsetup
+from server.core.apikeys import ApiKey, KeyKind
+from server.errors import VoiceError
+from server.services.keys import KeyService
+from server.services.node import Node
+from server.settings import Settings, SettingsError
+from server.store import open_store
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except SettingsError as exc:
+        print(f"voice-server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except VoiceError as exc:
+        print(f"voice-server: {exc.detail} ({exc.code})", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voice-server", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--dev", action="store_true", default=None, help="dev mode (VOICE_DEV=1)")
+    serve.add_argument("--host", help="bind address (VOICE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (VOICE_PORT, default 8080)")
+    serve.add_argument(
+        "--allow-public-bind", action="store_true", default=None, help="dev mode on a non-loopback address"
+    )
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="manage API keys in the configured store").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    create = keys.add_parser("create", help="create a key; prints the secret once, alone on a line")
+    create.add_argument("--org", required=True)
+    create.add_argument("--publishable", action="store_true", help="a pk_publishable_ key (public mint path)")
+    create.add_argument("--label", default="")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(run=_keys_create)
+    listing = keys.add_parser("list", help="one line per key: id, org, kind, created, last used, status")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key by id; it fails on its next use")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=_keys_revoke)
+    return parser
+
+
+# -- serve ------------------------------------------------------------------------------------
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.web.app import create_app
+
+    overrides: dict[str, Any] = {}
+    for name in ("dev", "host", "port", "allow_public_bind"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    settings = Settings.from_env(**overrides)
+    logsetup.setup(settings.log_level, settings.log_format if not settings.dev else "text")
+    app = create_app(settings, on_ready=_dev_banner if settings.dev else None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # our AccessLog middleware logs requests, with tokens redacted
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+        proxy_headers=False,  # X-Forwarded-For is read only from VOICE_TRUSTED_PROXIES
+        server_header=False,
+    )
+    return 0
+
+
+async def _dev_banner(node: Node) -> None:
+    settings = node.settings
+    lines = [f"voice-server (dev mode) on {settings.public_url}  store={settings.store_url}"]
+    if settings.bootstrap_keys:
+        org = settings.bootstrap_keys[0][0]
+        lines.append(f"  API keys from VOICE_API_KEYS: {len(settings.bootstrap_keys)} (org {org})")
+        key = settings.bootstrap_keys[0][1]
+    else:
+        _, key = await node.keys.create("dev", label="dev mode")
+        lines += [
+            "  dev org:  dev",
+            f"  API key:  {key}",
+            "  (a new key every start; pin one with VOICE_API_KEYS=dev:<key>)",
+        ]
+    agent = settings.mock_agent or "my-agent"
+    lines += [
+        "  Mint a token (with an agent online, e.g. the built-in mock agent):",
+        f'    curl -H "Authorization: Bearer {key}" "{settings.public_url}/webrtc/token?agent_id={agent}"',
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# -- keys -------------------------------------------------------------------------------------
+def _with_keys(action: Callable[[KeyService], Awaitable[int]]) -> int:
+    settings = Settings.from_env(dev=True)  # key management needs no token secret
+    if settings.store_url.startswith("memory://"):
+        raise SettingsError(
+            "VOICE_STORE_URL: key commands need the shared store the server uses (e.g. redis://...); "
+            "with the embedded memory:// store use the dev key printed at start, or VOICE_API_KEYS"
+        )
+
+    async def run() -> int:
+        store = open_store(settings.store_url)
+        try:
+            return await action(KeyService(store))
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+def _describe(key: ApiKey) -> dict[str, Any]:
+    data = asdict(key)
+    data["kind"] = key.kind.value
+    data["status"] = "active" if key.active else "revoked"
+    return data
+
+
+def _when(timestamp: float | None) -> str:
+    return "-" if timestamp is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    async def action(keys: KeyService) -> int:
+        kind = KeyKind.PUBLISHABLE if args.publishable else KeyKind.SECRET
+        key, secret = await keys.create(args.org, kind, args.label)
+        if args.json:
+            print(json.dumps({**_describe(key), "secret": secret}))
+        else:
+            print(secret)
+            print(f"created {key.kind.value} key {key.key_id} for org {key.org_id}", file=sys.stderr)
+        return 0
+
+    return _with_keys(action)
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    async def action(keys: KeyService) -> int:
+        listed = await keys.list()
+        if args.json:
+            print(json.dumps([_describe(k) for k in listed]))
+        for key in [] if args.json else listed:
+            status = "active" if key.active else f"revoked {_when(key.revoked_at)}"
+            print(
+                f"{key.key_id}  org={key.org_id}  kind={key.kind.value}  created={_when(key.created_at)}  "
+                f"last_used={_when(key.last_used_at)}  {status}"
+            )
+        return 0
+
+    return _with_keys(action)
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    async def action(keys: KeyService) -> int:
+        key = await keys.revoke(args.key_id)
+        if key is None:
+            print(f"voice-server: no key {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {key.key_id} (org {key.org_id})")
+        return 0
+
+    return _with_keys(action)

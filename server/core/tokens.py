@@ -1,0 +1,162 @@
+"""Session tokens: claims, signing and verification (CONTRACT §2).
+
+A token is ``<prefix><itsdangerous URL-safe signed payload>``. The prefix names the channel
+(``wrtc_``, ``cht_``, ``stm_``) and picks the salt, so a signature made for one channel never
+verifies for another. The secret is a list (newest last): tokens are signed with the newest
+and accepted with any, which is how ``VOICE_TOKEN_SECRET`` rotates without downtime.
+
+Verification here never touches the store: a forged, malformed, expired or wrong-channel
+token is refused by arithmetic alone. Single use (the ``jti``) is the store's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from itsdangerous import BadData, URLSafeSerializer
+
+from server.errors import BadRequest, TokenExpired, TokenInvalid, TokenWrongChannel
+
+
+class Channel(StrEnum):
+    WEBRTC = "webrtc"
+    CHAT = "chat"
+    STREAM = "stream"
+
+
+PREFIX: Mapping[Channel, str] = {Channel.WEBRTC: "wrtc_", Channel.CHAT: "cht_", Channel.STREAM: "stm_"}
+SCOPES = frozenset({"observe", "participate", "supervise"})
+MAX_TOKEN_LENGTH = 8192
+MAX_METADATA_BYTES = 2048
+LEEWAY_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    jti: str
+    org_id: str
+    agents: tuple[str, ...]
+    channel: Channel
+    issued_at: float
+    expires_at: float
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    scope: str | None = None
+    call_id: str | None = None
+
+    @property
+    def agent_id(self) -> str:
+        return self.agents[0]
+
+
+def new_jti() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def parse_metadata(raw: str | None) -> dict[str, Any]:
+    """Sealed metadata from the query string: a JSON object of at most 2 KB (CONTRACT §1)."""
+    if raw is None or raw == "":
+        return {}
+    if len(raw.encode("utf-8", "surrogateescape")) > MAX_METADATA_BYTES:
+        raise BadRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise BadRequest("metadata is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("metadata must be a JSON object")
+    return value
+
+
+def parse_scope(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if raw not in SCOPES:
+        raise BadRequest(f"scope must be one of {', '.join(sorted(SCOPES))}")
+    return raw
+
+
+class TokenCodec:
+    """Signs and verifies tokens; pure and clock-free (the caller passes ``now``)."""
+
+    def __init__(self, secret_keys: Sequence[str]) -> None:
+        if not secret_keys or not all(secret_keys):
+            raise ValueError("at least one non-empty token secret is required")
+        self._serializers = {
+            channel: URLSafeSerializer(
+                list(secret_keys),
+                salt=f"voice-server.token.{channel.value}",
+                signer_kwargs={"digest_method": hashlib.sha256},
+            )
+            for channel in Channel
+        }
+
+    def encode(self, claims: Claims) -> str:
+        payload: dict[str, Any] = {
+            "j": claims.jti,
+            "o": claims.org_id,
+            "a": list(claims.agents),
+            "i": round(claims.issued_at, 3),
+            "e": round(claims.expires_at, 3),
+        }
+        if claims.metadata:
+            payload["m"] = claims.metadata
+        if claims.scope:
+            payload["s"] = claims.scope
+        if claims.call_id:
+            payload["c"] = claims.call_id
+        body = self._serializers[claims.channel].dumps(payload)
+        return PREFIX[claims.channel] + str(body)
+
+    def decode(self, token: str, expected: Channel, now: float) -> Claims:
+        """Verify ``token`` for ``expected``; raise the one error that describes it."""
+        channel = _channel_of(token)
+        if channel is None or len(token) > MAX_TOKEN_LENGTH:
+            raise TokenInvalid("token is malformed")
+        try:
+            payload = self._serializers[channel].loads(token[len(PREFIX[channel]) :])
+        except BadData:
+            raise TokenInvalid("token signature is invalid") from None
+        claims = _claims(payload, channel)
+        if now > claims.expires_at + LEEWAY_SECONDS:
+            raise TokenExpired("token has expired")
+        if channel is not expected:
+            raise TokenWrongChannel(f"a {channel.value} token cannot open a {expected.value} session")
+        return claims
+
+
+def _channel_of(token: str) -> Channel | None:
+    for channel, prefix in PREFIX.items():
+        if token.startswith(prefix):
+            return channel
+    return None
+
+
+def _claims(payload: object, channel: Channel) -> Claims:
+    # A correctly signed payload was written by us; still refuse anything of the wrong shape
+    # (an old format, or a secret shared with another program).
+    try:
+        if not isinstance(payload, dict):
+            raise TypeError("payload is not an object")
+        agents = tuple(str(a) for a in payload["a"])
+        metadata = payload.get("m") or {}
+        if not agents or not isinstance(metadata, dict):
+            raise TypeError("payload has no agent or a bad metadata")
+        return Claims(
+            jti=str(payload["j"]),
+            org_id=str(payload["o"]),
+            agents=agents,
+            channel=channel,
+            issued_at=float(payload["i"]),
+            expires_at=float(payload["e"]),
+            metadata=metadata,
+            scope=payload.get("s"),
+            call_id=payload.get("c"),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise TokenInvalid("token payload is malformed") from None

@@ -1,0 +1,142 @@
+"""Every refusal the server can give, in one tree, mapped to the wire in one place.
+
+Each leaf carries the HTTP status, the WebSocket close code and the stable ``code`` string
+that clients read (CONTRACT.md: errors are ``{"detail", "code"}`` on HTTP, a close frame with
+the code as reason on WebSockets)::
+
+    VoiceError
+    ├── BadRequest                 400 bad_request
+    ├── PayloadTooLarge            413 payload_too_large
+    ├── CredentialError
+    │   ├── InvalidApiKey          401 invalid_api_key
+    │   └── NoCredential           403 no_credential
+    ├── OriginNotAllowed           403 origin_not_allowed
+    ├── AgentNotOnline             404 agent_not_online
+    ├── RateLimited                429 rate_limited (+ Retry-After)
+    ├── TokenError
+    │   ├── TokenInvalid           401 token_invalid
+    │   ├── TokenExpired           401 token_expired
+    │   ├── TokenSpent             409 token_spent
+    │   └── TokenWrongChannel      403 token_wrong_channel
+    ├── CapacityExceeded           503 at_capacity
+    ├── StoreUnavailable           503 store_unavailable
+    ├── SignatureError             403 signature_invalid
+    └── RegistrationError          (SDK frames only: REGISTRATION_ERROR)
+        ├── InvalidOriginPattern
+        └── AgentInUse             (AGENT_IN_USE)
+
+Only :mod:`server.web.app` and the WebSocket endpoints turn these into bytes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class VoiceError(Exception):
+    """Root of every error the server reports to a client."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    # 1008 = policy violation (RFC 6455 §7.4.1); 1011 = server error; 1013 = try again later.
+    ws_close_code: ClassVar[int] = 1011
+    # The code used in `{"event": "error"}` frames on /client (CONTRACT §6.5 uses UPPER_SNAKE).
+    frame_code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequest(VoiceError):
+    status, code, ws_close_code, frame_code = 400, "bad_request", 1008, "BAD_REQUEST"
+
+
+class PayloadTooLarge(VoiceError):
+    status, code, ws_close_code, frame_code = 413, "payload_too_large", 1009, "PAYLOAD_TOO_LARGE"
+
+
+class CredentialError(VoiceError):
+    ws_close_code = 1008
+
+
+class InvalidApiKey(CredentialError):
+    status, code, frame_code = 401, "invalid_api_key", "INVALID_API_KEY"
+
+
+class NoCredential(CredentialError):
+    status, code, frame_code = 403, "no_credential", "NO_CREDENTIAL"
+
+
+class OriginNotAllowed(VoiceError):
+    status, code, ws_close_code, frame_code = 403, "origin_not_allowed", 1008, "ORIGIN_NOT_ALLOWED"
+
+
+class AgentNotOnline(VoiceError):
+    status, code, ws_close_code, frame_code = 404, "agent_not_online", 1008, "AGENT_NOT_ONLINE"
+
+    def __init__(self, agent_id: str) -> None:
+        # The exact sentence is part of the contract (CONTRACT §1: the SDK docs quote it).
+        super().__init__(f"Agent '{agent_id}' is not online")
+        self.agent_id = agent_id
+
+
+class RateLimited(VoiceError):
+    status, code, ws_close_code, frame_code = 429, "rate_limited", 1013, "RATE_LIMITED"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TokenError(VoiceError):
+    ws_close_code = 1008
+
+
+class TokenInvalid(TokenError):
+    status, code, frame_code = 401, "token_invalid", "TOKEN_INVALID"
+
+
+class TokenExpired(TokenError):
+    status, code, frame_code = 401, "token_expired", "TOKEN_EXPIRED"
+
+
+class TokenSpent(TokenError):
+    status, code, frame_code = 409, "token_spent", "TOKEN_SPENT"
+
+
+class TokenWrongChannel(TokenError):
+    status, code, frame_code = 403, "token_wrong_channel", "TOKEN_WRONG_CHANNEL"
+
+
+class CapacityExceeded(VoiceError):
+    status, code, ws_close_code, frame_code = 503, "at_capacity", 1013, "SERVER_AT_CAPACITY"
+
+
+class StoreUnavailable(VoiceError):
+    status, code, ws_close_code, frame_code = 503, "store_unavailable", 1011, "STORE_UNAVAILABLE"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class SignatureError(VoiceError):
+    status, code, ws_close_code, frame_code = 403, "signature_invalid", 1008, "SIGNATURE_INVALID"
+
+
+class RegistrationError(VoiceError):
+    status, code, ws_close_code, frame_code = 400, "registration_error", 1008, "REGISTRATION_ERROR"
+
+
+class InvalidOriginPattern(RegistrationError):
+    """An ``allowed_origins`` entry that cannot be parsed (refused at registration)."""
+
+
+class AgentInUse(RegistrationError):
+    status, code, frame_code = 409, "agent_in_use", "AGENT_IN_USE"

@@ -1,0 +1,262 @@
+"""The agent registry: which agents are online, on which node, and how to talk to them.
+
+An agent is online while the /client socket that created it is open (CONTRACT §6). The record
+lives in the shared store with a heartbeat TTL, so every node can answer a mint for it and a
+node that dies takes its agents offline within ``agent_heartbeat_ttl`` seconds. The socket
+itself lives on one node: frames for an agent are written locally when it is here.
+
+Two indexes point at an agent record, both claimed atomically:
+* ``pub:<agent_id>`` for agents with ``allowed_origins``: the key-less public mint path names
+  only the agent, so an agent id is published by at most one org at a time;
+* ``ch:<type>:<ref>`` for channels with a ``ref`` (a WhatsApp phone number id), so a webhook
+  finds the agent that owns its number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any, Protocol
+
+from server.core.origins import OriginPattern, parse_patterns
+from server.errors import AgentInUse, AgentNotOnline, RegistrationError
+from server.store.base import AgentRecord, AgentStore, agent_key
+
+log = logging.getLogger("voice.agents")
+Clock = Callable[[], float]
+CHANNEL_TYPES = frozenset({"phone", "webrtc", "chat", "whatsapp", "sms", "stream", "sip"})
+MAX_CHANNELS = 32
+
+
+class AgentConnection(Protocol):
+    """A live /client socket (implemented in :mod:`server.realtime.client_ws`)."""
+
+    conn_id: str
+    org_id: str
+
+    async def send(self, frame: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    node_id: str
+    node_url: str
+    heartbeat_ttl: float
+
+
+@lru_cache(maxsize=4096)
+def patterns_of(raw: tuple[str, ...]) -> tuple[OriginPattern, ...]:
+    """Parsed ``allowed_origins`` (validated at registration, so parsing cannot fail here)."""
+    return parse_patterns(list(raw))
+
+
+def public_name(agent_id: str) -> str:
+    return "pub:" + agent_id
+
+
+def channel_name(kind: str, ref: str) -> str:
+    return f"ch:{kind}:{ref}"
+
+
+class AgentRegistry:
+    def __init__(self, store: AgentStore, settings: RegistrySettings, clock: Clock = time.time) -> None:
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._local: dict[str, tuple[AgentConnection, AgentRecord]] = {}  # agent_key -> (socket, record)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.on_online: list[Callable[[AgentRecord], Any]] = []  # hooks (e.g. queued WhatsApp messages)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._heartbeat = asyncio.create_task(self._beat(), name="agent-heartbeat")
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        for key in list(self._local):
+            _, record = self._local.pop(key)
+            await self._forget(record)
+
+    async def _beat(self) -> None:
+        interval = self._settings.heartbeat_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            for _, record in list(self._local.values()):
+                try:
+                    if not await self._store.refresh_agent(record, self._settings.heartbeat_ttl):
+                        log.warning("agent %s lost its registration; claiming it again", record.agent_id)
+                        await self._store.claim_agent(record, self._settings.heartbeat_ttl)
+                    await self._claim_indexes(record)
+                except Exception:
+                    log.exception("heartbeat failed for agent %s", record.agent_id)
+
+    # -- registration (from /client) -------------------------------------------------------
+    async def register(
+        self, connection: AgentConnection, agent_id: str, config: Mapping[str, Any], origins: object
+    ) -> AgentRecord:
+        """Bring ``agent_id`` online for ``connection``; AgentInUse if another socket holds it."""
+        patterns = parse_patterns(origins if origins is not None else [])
+        key = agent_key(connection.org_id, agent_id)
+        previous = self._local.get(key)
+        channels = previous[1].channels if previous and previous[0] is connection else {}
+        record = AgentRecord(
+            org_id=connection.org_id,
+            agent_id=agent_id,
+            owner=f"{self._settings.node_id}/{connection.conn_id}",
+            node_id=self._settings.node_id,
+            node_url=self._settings.node_url,
+            allowed_origins=tuple(p.raw for p in patterns),
+            config=dict(config),
+            channels=channels,
+            registered_at=self._clock(),
+        )
+        holder = await self._store.claim_agent(record, self._settings.heartbeat_ttl)
+        if holder is not None:
+            raise AgentInUse(f"Agent '{agent_id}' is already connected from another session")
+        try:
+            await self._claim_indexes(record)
+        except RegistrationError:
+            await self._store.release_agent(record.org_id, record.agent_id, record.owner)
+            raise
+        if previous is not None and previous[1].allowed_origins and not record.allowed_origins:
+            await self._store.release_name(public_name(agent_id), key)
+        self._local[key] = (connection, record)
+        for hook in self.on_online:
+            await hook(record)
+        return record
+
+    async def _claim_indexes(self, record: AgentRecord) -> None:
+        key = agent_key(record.org_id, record.agent_id)
+        ttl = self._settings.heartbeat_ttl
+        if record.allowed_origins and await self._store.claim_name(public_name(record.agent_id), key, ttl):
+            raise RegistrationError(
+                f"Agent id '{record.agent_id}' is already public (allowed_origins) in another org; "
+                "public agent ids must be unique"
+            )
+        for channel in record.channels.values():
+            ref = channel.get("ref")
+            if ref and await self._store.claim_name(channel_name(channel["type"], ref), key, ttl):
+                raise RegistrationError(f"{channel['type']} channel '{ref}' belongs to another agent")
+
+    def _owned(self, connection: AgentConnection, agent_id: str) -> AgentRecord:
+        entry = self._local.get(agent_key(connection.org_id, agent_id))
+        if entry is None or entry[0] is not connection:
+            raise RegistrationError(f"Agent '{agent_id}' is not registered on this connection")
+        return entry[1]
+
+    async def _update(self, connection: AgentConnection, record: AgentRecord) -> AgentRecord:
+        holder = await self._store.claim_agent(record, self._settings.heartbeat_ttl)
+        if holder is not None:
+            raise AgentInUse(f"Agent '{record.agent_id}' is held by another session")
+        self._local[agent_key(record.org_id, record.agent_id)] = (connection, record)
+        return record
+
+    async def configure(
+        self, connection: AgentConnection, agent_id: str, config: Mapping[str, Any]
+    ) -> AgentRecord:
+        record = self._owned(connection, agent_id)
+        return await self._update(connection, replace(record, config={**record.config, **config}))
+
+    async def add_channel(
+        self, connection: AgentConnection, agent_id: str, frame: Mapping[str, Any]
+    ) -> AgentRecord:
+        record = self._owned(connection, agent_id)
+        kind, ref = frame.get("type"), frame.get("ref")
+        if kind not in CHANNEL_TYPES:
+            raise RegistrationError(f"unknown channel type {kind!r}")
+        if ref is not None and (not isinstance(ref, str) or not 0 < len(ref) <= 128):
+            raise RegistrationError("channel ref must be a non-empty string of at most 128 characters")
+        if kind == "whatsapp" and not ref:
+            raise RegistrationError("a whatsapp channel needs ref = the phone number id")
+        channel_id = f"{kind}:{ref or ''}"
+        if channel_id not in record.channels and len(record.channels) >= MAX_CHANNELS:
+            raise RegistrationError(f"an agent has at most {MAX_CHANNELS} channels")
+        if ref:
+            holder = await self._store.claim_name(
+                channel_name(str(kind), ref), agent_key(record.org_id, agent_id), self._settings.heartbeat_ttl
+            )
+            if holder is not None:
+                raise RegistrationError(f"{kind} channel '{ref}' belongs to another agent")
+        stored = {k: v for k, v in frame.items() if k not in ("event", "agent_id")}
+        return await self._update(
+            connection, replace(record, channels={**record.channels, channel_id: stored})
+        )
+
+    async def remove_channel(
+        self, connection: AgentConnection, agent_id: str, kind: str, ref: str | None
+    ) -> AgentRecord:
+        record = self._owned(connection, agent_id)
+        channel_id = f"{kind}:{ref or ''}"
+        if channel_id not in record.channels:
+            raise RegistrationError(
+                f"no {kind} channel {ref or ''!r} on agent '{agent_id}'".replace(" ''", "")
+            )
+        channels = {k: v for k, v in record.channels.items() if k != channel_id}
+        if ref:
+            await self._store.release_name(channel_name(kind, ref), agent_key(record.org_id, agent_id))
+        return await self._update(connection, replace(record, channels=channels))
+
+    async def disconnect(self, connection: AgentConnection) -> list[AgentRecord]:
+        """The socket closed: every agent it held goes offline."""
+        gone = [record for conn, record in self._local.values() if conn is connection]
+        for record in gone:
+            del self._local[agent_key(record.org_id, record.agent_id)]
+            await self._forget(record)
+        return gone
+
+    async def _forget(self, record: AgentRecord) -> None:
+        key = agent_key(record.org_id, record.agent_id)
+        with contextlib.suppress(Exception):  # the heartbeat TTL cleans up if the store is down
+            await self._store.release_agent(record.org_id, record.agent_id, record.owner)
+            if record.allowed_origins:
+                await self._store.release_name(public_name(record.agent_id), key)
+            for channel in record.channels.values():
+                if channel.get("ref"):
+                    await self._store.release_name(channel_name(channel["type"], channel["ref"]), key)
+
+    # -- lookups (mint, webhooks, sessions) -----------------------------------------------
+    async def find(self, org_id: str, agent_id: str, shown_as: str | None = None) -> AgentRecord:
+        record = await self._store.get_agent(org_id, agent_id)
+        if record is None:
+            raise AgentNotOnline(shown_as or agent_id)
+        return record
+
+    async def find_public(self, agent_id: str, shown_as: str | None = None) -> AgentRecord:
+        """The agent published under ``agent_id`` by whichever org registered it with origins."""
+        key = await self._store.lookup_name(public_name(agent_id))
+        if key is not None:
+            org_id, _, _ = key.partition("/")
+            record = await self._store.get_agent(org_id, agent_id)
+            if record is not None:
+                return record
+        raise AgentNotOnline(shown_as or agent_id)
+
+    async def find_channel(self, kind: str, ref: str) -> AgentRecord | None:
+        key = await self._store.lookup_name(channel_name(kind, ref))
+        if key is None:
+            return None
+        org_id, _, agent_id = key.partition("/")
+        return await self._store.get_agent(org_id, agent_id)
+
+    def local_connection(self, org_id: str, agent_id: str) -> AgentConnection | None:
+        entry = self._local.get(agent_key(org_id, agent_id))
+        return entry[0] if entry else None
+
+    async def send(self, org_id: str, agent_id: str, frame: Mapping[str, Any]) -> bool:
+        """Write ``frame`` to the agent's socket if it is on this node; False otherwise."""
+        connection = self.local_connection(org_id, agent_id)
+        if connection is None:
+            return False
+        await connection.send({**frame, "agent_id": agent_id})
+        return True
+
+    def local_agents(self) -> list[AgentRecord]:
+        return [record for _, record in self._local.values()]

@@ -1,0 +1,77 @@
+"""The token authority: mint and consume (CONTRACT §1-2).
+
+Mint: sign the claims, then store the token id with its TTL and count the caller's rate
+limits in the same store operation. Consume: verify by arithmetic (forged, expired and
+wrong-channel tokens never reach the store), then one atomic delete decides single use.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.core.tokens import Channel, Claims, TokenCodec, new_jti
+from server.errors import RateLimited, TokenSpent
+from server.store.base import Hit, TokenStore
+
+Clock = Callable[[], float]
+# The stored id outlives the signed expiry by the verification leeway plus clock skew between
+# nodes, so a token that still verifies is never reported spent just because its id expired.
+STORE_GRACE_SECONDS = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Minted:
+    token: str
+    claims: Claims
+    expires_in: int
+
+
+class Authority:
+    def __init__(self, codec: TokenCodec, store: TokenStore, ttl: float, clock: Clock = time.time) -> None:
+        self._codec = codec
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+
+    async def mint(
+        self,
+        *,
+        org_id: str,
+        agents: Sequence[str],
+        channel: Channel,
+        metadata: Mapping[str, Any] | None = None,
+        scope: str | None = None,
+        call_id: str | None = None,
+        hits: Sequence[Hit] = (),
+    ) -> Minted:
+        now = self._clock()
+        claims = Claims(
+            jti=new_jti(),
+            org_id=org_id,
+            agents=tuple(agents),
+            channel=channel,
+            issued_at=now,
+            expires_at=now + self._ttl,
+            metadata=dict(metadata or {}),
+            scope=scope,
+            call_id=call_id,
+        )
+        token = self._codec.encode(claims)
+        verdict = await self._store.issue_token(claims.jti, self._ttl + STORE_GRACE_SECONDS, hits)
+        if not verdict.allowed:
+            raise RateLimited("Too many token requests; slow down", verdict.retry_after)
+        return Minted(token, claims, round(self._ttl))
+
+    def verify(self, token: str, channel: Channel) -> Claims:
+        """Check signature, expiry and channel without consuming (and without the store)."""
+        return self._codec.decode(token, channel, self._clock())
+
+    async def consume(self, token: str, channel: Channel) -> Claims:
+        """The claims of ``token`` if this is its first use on ``channel``; else the one error."""
+        claims = self.verify(token, channel)
+        if not await self._store.consume_token(claims.jti):
+            raise TokenSpent("token has already been used")
+        return claims

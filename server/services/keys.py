@@ -1,0 +1,62 @@
+"""API keys: create, authenticate, list, revoke. Keys live in the shared store as digests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from server.core import apikeys
+from server.core.apikeys import ApiKey, KeyKind
+from server.errors import BadRequest, InvalidApiKey
+from server.store.base import KeyStore
+
+Clock = Callable[[], float]
+TOUCH_EVERY = 60.0  # seconds between "last used" writes per key per node
+
+
+class KeyService:
+    def __init__(self, store: KeyStore, clock: Clock = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._touched: dict[str, float] = {}
+
+    async def create(
+        self, org_id: str, kind: KeyKind = KeyKind.SECRET, label: str = ""
+    ) -> tuple[ApiKey, str]:
+        """A new key; the secret is returned once and never stored."""
+        if not apikeys.valid_org_id(org_id):
+            raise BadRequest("org id must be 1-64 characters of letters, digits, '-', '_' or '.'")
+        secret = apikeys.new_secret(kind)
+        key = ApiKey(apikeys.new_key_id(), org_id, kind, self._clock(), label=label)
+        await self._store.put_key(key, apikeys.digest(secret))
+        return key, secret
+
+    async def bootstrap(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Install ``VOICE_API_KEYS`` idempotently: every node derives the same key id."""
+        for org_id, secret in pairs:
+            if not apikeys.valid_org_id(org_id):
+                raise BadRequest(f"VOICE_API_KEYS: bad org id {org_id!r}")
+            digest = apikeys.digest(secret)
+            existing = await self._store.key_by_digest(digest)
+            if existing is None:
+                key = ApiKey(
+                    "key_" + digest[:16], org_id, apikeys.kind_of(secret), self._clock(), label="bootstrap"
+                )
+                await self._store.put_key(key, digest)
+
+    async def authenticate(self, secret: str, kind: KeyKind | None = None) -> ApiKey:
+        """The active key behind ``secret``; InvalidApiKey for unknown, revoked or wrong-kind keys."""
+        key = await self._store.key_by_digest(apikeys.digest(secret)) if secret else None
+        if key is None or not key.active or (kind is not None and key.kind is not kind):
+            raise InvalidApiKey("Invalid API key")
+        now = self._clock()
+        if now - self._touched.get(key.key_id, 0.0) >= TOUCH_EVERY:
+            self._touched[key.key_id] = now
+            await self._store.touch_key(key.key_id, now)
+        return key
+
+    async def list(self) -> list[ApiKey]:
+        return await self._store.list_keys()
+
+    async def revoke(self, key_id: str) -> ApiKey | None:
+        return await self._store.revoke_key(key_id, self._clock())

@@ -1,0 +1,250 @@
+"""Settings: read once from the environment at start-up, frozen afterwards.
+
+Nothing else in the server reads ``os.environ``. Every variable is documented in the README;
+a bad value fails start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from server.core.ratelimit import RateLimit, parse_rate
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+DEFAULT_GREETING = "Hi! I'm the mock agent. Say something and I'll echo it."
+DEFAULT_GRAPH_URL = "https://graph.facebook.com/v21.0"
+
+
+class SettingsError(ValueError):
+    """A variable has a value the server cannot use; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    dev: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allow_public_bind: bool = False
+    node_id: str = field(default_factory=lambda: "node-" + uuid.uuid4().hex[:8])
+    public_url: str = ""  # empty: derived from host/port by `resolved()`
+    store_url: str = "memory://"
+    token_secrets: tuple[str, ...] = field(default=(), repr=False)
+    token_ttl: float = 60.0
+    bootstrap_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (org_id, secret key)
+    rate_limit_key: RateLimit = field(default_factory=lambda: parse_rate("100/second"))
+    rate_limit_public: RateLimit = field(default_factory=lambda: parse_rate("60/minute"))
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+    # Agents' /client sockets
+    agent_heartbeat_ttl: float = 10.0
+    max_agents_per_node: int = 10_000
+    max_frame_bytes: int = 64 * 1024
+    # Sessions
+    ice_servers: tuple[Mapping[str, Any], ...] = ()
+    rtc_host_addresses: tuple[str, ...] = ()
+    max_sessions: int = 200
+    max_sessions_per_org: int = 50
+    session_max_seconds: float = 3600.0
+    session_idle_seconds: float = 300.0
+    chat_history_ttl: float = 86400.0
+    mock_agent: str = ""  # agent id of the built-in mock agent ("" = none)
+    mock_agent_origins: tuple[str, ...] = ()
+    mock_agent_greeting: str = DEFAULT_GREETING
+    # WhatsApp
+    whatsapp_verify_token: str = field(default="", repr=False)
+    whatsapp_app_secrets: tuple[str, ...] = field(default=(), repr=False)
+    whatsapp_require_signature: bool = True
+    whatsapp_graph_url: str = DEFAULT_GRAPH_URL
+    # Shutdown
+    drain_seconds: float = 20.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``); ``overrides`` win (CLI flags)."""
+        source = os.environ if env is None else env
+        reader = _Reader(source)
+        dev = overrides.pop("dev", None)
+        if dev is None:
+            dev = reader.get("VOICE_DEV", _bool, False)
+        values: dict[str, Any] = {
+            "dev": dev,
+            "host": reader.get("VOICE_HOST", str, "127.0.0.1"),
+            "port": reader.get("VOICE_PORT", _port, 8080),
+            "allow_public_bind": reader.get("VOICE_ALLOW_PUBLIC_BIND", _bool, False),
+            "public_url": reader.get("VOICE_PUBLIC_URL", _http_url, ""),
+            "store_url": reader.get("VOICE_STORE_URL", _store_url, "memory://"),
+            "token_secrets": reader.get("VOICE_TOKEN_SECRET", _csv, ()),
+            "token_ttl": reader.get("VOICE_TOKEN_TTL", _positive(float, 3600), 60.0),
+            "bootstrap_keys": reader.get("VOICE_API_KEYS", _api_keys, ()),
+            "rate_limit_key": reader.get("VOICE_RATE_LIMIT_KEY", parse_rate, parse_rate("100/second")),
+            "rate_limit_public": reader.get("VOICE_RATE_LIMIT_PUBLIC", parse_rate, parse_rate("60/minute")),
+            "trusted_proxies": reader.get("VOICE_TRUSTED_PROXIES", _networks, ()),
+            "log_level": reader.get("VOICE_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+            "log_format": reader.get("VOICE_LOG_FORMAT", _choice("json", "text"), "json"),
+            "agent_heartbeat_ttl": reader.get("VOICE_AGENT_HEARTBEAT_TTL", _positive(float, 600), 10.0),
+            "max_agents_per_node": reader.get("VOICE_MAX_AGENTS", _positive(int, 1_000_000), 10_000),
+            "ice_servers": reader.get("VOICE_ICE_SERVERS", _ice_servers, ()),
+            "rtc_host_addresses": reader.get("VOICE_RTC_HOST_ADDRESSES", _addresses, ()),
+            "max_sessions": reader.get("VOICE_MAX_SESSIONS", _positive(int, 100_000), 200),
+            "max_sessions_per_org": reader.get("VOICE_MAX_SESSIONS_PER_ORG", _positive(int, 100_000), 50),
+            "session_max_seconds": reader.get("VOICE_SESSION_MAX_SECONDS", _positive(float, 86400), 3600.0),
+            "session_idle_seconds": reader.get("VOICE_SESSION_IDLE_SECONDS", _positive(float, 86400), 300.0),
+            "chat_history_ttl": reader.get("VOICE_CHAT_HISTORY_TTL", _positive(float, 30 * 86400), 86400.0),
+            "mock_agent": reader.get("VOICE_MOCK_AGENT", str, ""),
+            "mock_agent_origins": reader.get("VOICE_MOCK_AGENT_ORIGINS", _csv, ()),
+            "mock_agent_greeting": reader.get("VOICE_MOCK_AGENT_GREETING", str, DEFAULT_GREETING),
+            "whatsapp_verify_token": reader.get("VOICE_WHATSAPP_VERIFY_TOKEN", str, ""),
+            "whatsapp_app_secrets": reader.get("VOICE_WHATSAPP_APP_SECRET", _csv, ()),
+            "whatsapp_require_signature": reader.get("VOICE_WHATSAPP_REQUIRE_SIGNATURE", _bool, not dev),
+            "whatsapp_graph_url": reader.get("VOICE_WHATSAPP_GRAPH_URL", _http_url, DEFAULT_GRAPH_URL),
+            "drain_seconds": reader.get("VOICE_DRAIN_SECONDS", _positive(float, 3600), 20.0),
+        }
+        node_id = reader.get("VOICE_NODE_ID", str, "")
+        if node_id:
+            values["node_id"] = node_id
+        values.update(overrides)
+        settings = cls(**values)
+        return settings.resolved()
+
+    def resolved(self) -> Settings:
+        """Fill in what derives from other values, and check what spans several variables."""
+        settings = self
+        if settings.dev and not settings.allow_public_bind and not _loopback(settings.host):
+            raise SettingsError(
+                f"VOICE_HOST: dev mode binds to loopback only (got {settings.host!r}); "
+                "pass --allow-public-bind (VOICE_ALLOW_PUBLIC_BIND=1) to expose a dev server"
+            )
+        if not settings.token_secrets:
+            if not settings.dev:
+                raise SettingsError(
+                    "VOICE_TOKEN_SECRET: required outside dev mode (a comma-separated list, newest last)"
+                )
+            settings = replace(settings, token_secrets=(secrets.token_urlsafe(32),))
+        if not settings.public_url:
+            host = settings.host
+            if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only naming the wildcard, not binding
+                host = "127.0.0.1"
+            if ":" in host:
+                host = f"[{host}]"
+            settings = replace(settings, public_url=f"http://{host}:{settings.port}")
+        return settings
+
+    @property
+    def public_ws_url(self) -> str:
+        return "ws" + self.public_url[len("http") :]
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: U) -> T | U:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    return port
+
+
+def _positive(kind: Callable[[str], T], maximum: float) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if not 0 < float(value) <= maximum:  # type: ignore[arg-type]
+            raise ValueError(f"must be > 0 and <= {maximum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        for option in options:
+            if raw.lower() == option.lower():
+                return option
+        raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+
+    return parse
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")) or len(raw) < len("http://x"):
+        raise ValueError(f"expected an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _store_url(raw: str) -> str:
+    schemes = ("memory://", "redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+    if not raw.startswith(schemes):
+        raise ValueError(f"expected one of {', '.join(schemes)}, got {raw.split('://')[0]!r}")
+    return raw
+
+
+def _api_keys(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for part in _csv(raw):
+        org, sep, key = part.partition(":")
+        if not sep or not org or not key:
+            raise ValueError("expected org_id:key[,org_id:key...]")
+        if len(key) < 16:
+            raise ValueError(f"the key for org {org!r} is shorter than 16 characters")
+        pairs.append((org, key))
+    return tuple(pairs)
+
+
+def _networks(raw: str) -> tuple[IpNetwork, ...]:
+    return tuple(ipaddress.ip_network(part, strict=False) for part in _csv(raw))
+
+
+def _addresses(raw: str) -> tuple[str, ...]:
+    return tuple(str(ipaddress.ip_address(part)) for part in _csv(raw))
+
+
+def _ice_servers(raw: str) -> tuple[Mapping[str, Any], ...]:
+    value = json.loads(raw)
+    if not isinstance(value, list) or not all(isinstance(s, dict) and "urls" in s for s in value):
+        raise ValueError("expected a JSON list of RTCIceServer objects, each with 'urls'")
+    return tuple(value)

@@ -1,0 +1,155 @@
+"""The store interfaces: what every node shares (CONTRACT §8).
+
+Each concern is a ``Protocol`` with two implementations, :mod:`server.store.memory` (one
+process, the zero-config default) and :mod:`server.store.redis` (every node of a
+deployment). :func:`server.store.open_store` picks one from ``VOICE_STORE_URL``. The same test
+suite (``tests/store``) runs against both.
+
+Every operation that decides something (single use, rate counting, agent ownership) is one
+atomic store operation. Every Redis failure surfaces as :class:`server.errors.StoreUnavailable`:
+the store fails closed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from server.core.apikeys import ApiKey, KeyKind
+from server.core.ratelimit import RateLimit, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One rate-limit counter to increment (``key`` names the bucket)."""
+
+    key: str
+    limit: RateLimit
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An online agent: who holds it (one /client socket on one node) and how to reach it."""
+
+    org_id: str
+    agent_id: str
+    owner: str  # "<node_id>/<connection id>"
+    node_id: str
+    node_url: str
+    allowed_origins: tuple[str, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)
+    # "<type>:<ref>" -> the channel.add frame as sent (WhatsApp credentials included)
+    channels: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    registered_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> AgentRecord:
+        data = json.loads(raw)
+        data["allowed_origins"] = tuple(data.get("allowed_origins", ()))
+        return cls(**data)
+
+
+def agent_key(org_id: str, agent_id: str) -> str:
+    return f"{org_id}/{agent_id}"
+
+
+class TokenStore(Protocol):
+    async def issue_token(self, jti: str, ttl: float, hits: Sequence[Hit]) -> Verdict:
+        """Count ``hits``; if all are within their limits, store ``jti`` for ``ttl`` seconds.
+
+        Returns the verdict of the first refusing limit (the token is then not stored), else
+        an allowing verdict. One round trip on Redis.
+        """
+        ...
+
+    async def consume_token(self, jti: str) -> bool:
+        """Atomically remove ``jti``: True for exactly one caller, False for every other."""
+        ...
+
+    async def hit(self, hits: Sequence[Hit]) -> Verdict:
+        """Count ``hits`` with no token attached."""
+        ...
+
+
+class KeyStore(Protocol):
+    async def put_key(self, key: ApiKey, digest: str) -> None: ...
+
+    async def key_by_digest(self, digest: str) -> ApiKey | None: ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str, at: float) -> ApiKey | None: ...
+
+    async def touch_key(self, key_id: str, at: float) -> None:
+        """Record a use (best effort: the caller throttles how often)."""
+        ...
+
+
+class AgentStore(Protocol):
+    async def claim_agent(self, record: AgentRecord, ttl: float) -> str | None:
+        """Store ``record`` unless another owner holds the agent; return that owner, or None."""
+        ...
+
+    async def get_agent(self, org_id: str, agent_id: str) -> AgentRecord | None: ...
+
+    async def release_agent(self, org_id: str, agent_id: str, owner: str) -> None:
+        """Remove the agent (and its indexes) if ``owner`` still holds it."""
+        ...
+
+    async def refresh_agent(self, record: AgentRecord, ttl: float) -> bool:
+        """Extend the lifetime of an agent and its indexes; False when ``owner`` lost it."""
+        ...
+
+    async def claim_name(self, name: str, value: str, ttl: float) -> str | None:
+        """Point the index ``name`` at ``value`` unless it points elsewhere; return that value."""
+        ...
+
+    async def lookup_name(self, name: str) -> str | None: ...
+
+    async def release_name(self, name: str, value: str) -> None: ...
+
+
+class MessageStore(Protocol):
+    async def first_time(self, key: str, ttl: float) -> bool:
+        """True the first time ``key`` is seen within ``ttl`` (webhook redelivery dedupe)."""
+        ...
+
+    async def append(self, key: str, item: str, max_items: int, ttl: float) -> None:
+        """Append to a bounded list that expires ``ttl`` after its last write."""
+        ...
+
+    async def read_list(self, key: str) -> list[str]: ...
+
+    async def pop_list(self, key: str) -> list[str]:
+        """Read and delete a list atomically."""
+        ...
+
+
+class Bus(Protocol):
+    async def publish(self, channel: str, message: str) -> int:
+        """Send to every subscriber of ``channel`` on any node; returns how many got it."""
+        ...
+
+    def subscribe(self, channel: str) -> AsyncIterator[str]:
+        """Messages published to ``channel`` from now on, until the iterator is closed."""
+        ...
+
+
+class Store(TokenStore, KeyStore, AgentStore, MessageStore, Bus, Protocol):
+    """Everything a node needs from the shared store."""
+
+    url: str
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds; raises StoreUnavailable."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+KEY_KINDS = {kind.value: kind for kind in KeyKind}

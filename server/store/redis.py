@@ -1,0 +1,229 @@
+"""The shared store on Redis: every node of a deployment sees the same tokens, keys and agents.
+
+Each key is touched by single-key commands or single-key Lua scripts (shipped as package
+resources in ``lua/``), so the same code runs on standalone Redis, Sentinel and Cluster.
+Single use is one ``DEL`` (exactly one caller sees 1). Any connection failure becomes
+:class:`StoreUnavailable` (503): no token is issued or accepted while Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from importlib import resources
+from typing import Any, TypeVar, cast
+
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from server.core.apikeys import ApiKey, KeyKind
+from server.core.ratelimit import Verdict, judge, window_ms
+from server.errors import StoreUnavailable
+from server.store.base import AgentRecord, Hit, agent_key
+
+T = TypeVar("T")
+PREFIX = "vs:"
+_DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ReadOnlyError, OSError)
+_SCRIPTS = ("hit", "claim_agent", "release_agent", "refresh_agent", "claim_name", "release_name", "pop_list")
+
+
+def _lua(name: str) -> str:
+    return resources.files("server.store").joinpath(f"lua/{name}.lua").read_text()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+@asynccontextmanager
+async def _guard() -> AsyncIterator[None]:
+    try:
+        yield
+    except _DOWN as exc:
+        raise StoreUnavailable(f"the token store is unavailable ({type(exc).__name__})") from exc
+    except rexc.ClusterDownError as exc:
+        raise StoreUnavailable("the token store is unavailable (cluster down)") from exc
+
+
+class RedisStore:
+    """``Store`` on a redis.asyncio client (standalone, Sentinel master or Cluster)."""
+
+    def __init__(self, client: Redis, url: str = "redis://") -> None:
+        self.url = url
+        self._redis = client
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(_lua(name)) for name in _SCRIPTS
+        }
+
+    async def _run(self, awaitable: Awaitable[T]) -> T:
+        async with _guard():
+            return await awaitable
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._run(self._scripts[name](keys=keys, args=args))
+
+    # -- tokens ----------------------------------------------------------------------------
+    async def issue_token(self, jti: str, ttl: float, hits: Sequence[Hit]) -> Verdict:
+        active = [h for h in hits if h.limit.enabled]
+        key = PREFIX + "tok:" + jti
+        if not active:
+            await self._run(self._redis.set(key, 1, px=_ms(ttl)))
+            return Verdict(True, 0)
+        # One round trip: every counter and the token write travel in one pipeline. A refused
+        # mint then deletes its token (a second round trip on the refused path only).
+        async with _guard(), self._redis.pipeline(transaction=False) as pipe:
+            for h in active:
+                await self._scripts["hit"](
+                    keys=[PREFIX + "rl:" + h.key], args=[window_ms(h.limit)], client=pipe
+                )
+            pipe.set(key, 1, px=_ms(ttl))
+            results = await pipe.execute()
+        verdict = _first_refusal(active, results[: len(active)])
+        if not verdict.allowed:
+            await self._run(self._redis.delete(key))
+        return verdict
+
+    async def consume_token(self, jti: str) -> bool:
+        deleted = await self._run(self._redis.delete(PREFIX + "tok:" + jti))
+        return bool(deleted == 1)
+
+    async def hit(self, hits: Sequence[Hit]) -> Verdict:
+        active = [h for h in hits if h.limit.enabled]
+        if not active:
+            return Verdict(True, 0)
+        async with _guard(), self._redis.pipeline(transaction=False) as pipe:
+            for h in active:
+                await self._scripts["hit"](
+                    keys=[PREFIX + "rl:" + h.key], args=[window_ms(h.limit)], client=pipe
+                )
+            results = await pipe.execute()
+        return _first_refusal(active, results)
+
+    # -- API keys --------------------------------------------------------------------------
+    async def put_key(self, key: ApiKey, digest: str) -> None:
+        async with _guard(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(PREFIX + "key:" + key.key_id, _key_json(key))
+            pipe.set(PREFIX + "kd:" + digest, key.key_id)
+            pipe.sadd(PREFIX + "keys", key.key_id)
+            await pipe.execute()
+
+    async def key_by_digest(self, digest: str) -> ApiKey | None:
+        key_id = await self._run(self._redis.get(PREFIX + "kd:" + digest))
+        return None if key_id is None else await self._key(str(key_id))
+
+    async def _key(self, key_id: str) -> ApiKey | None:
+        raw = await self._run(self._redis.get(PREFIX + "key:" + key_id))
+        return None if raw is None else _key_from_json(str(raw))
+
+    async def list_keys(self) -> list[ApiKey]:
+        ids = await self._run(self._redis.smembers(PREFIX + "keys"))
+        keys = [k for k in [await self._key(str(i)) for i in ids] if k is not None]
+        return sorted(keys, key=lambda k: k.created_at)
+
+    async def revoke_key(self, key_id: str, at: float) -> ApiKey | None:
+        key = await self._key(key_id)
+        if key is None or key.revoked_at is not None:
+            return key
+        data = asdict(key) | {"revoked_at": at}
+        await self._run(self._redis.set(PREFIX + "key:" + key_id, json.dumps(data)))
+        return _key_from_json(json.dumps(data))
+
+    async def touch_key(self, key_id: str, at: float) -> None:
+        key = await self._key(key_id)
+        if key is not None:
+            data = asdict(key) | {"last_used_at": at}
+            # XX: never resurrect a key deleted in between.
+            await self._run(self._redis.set(PREFIX + "key:" + key_id, json.dumps(data), xx=True))
+
+    # -- agents ----------------------------------------------------------------------------
+    async def claim_agent(self, record: AgentRecord, ttl: float) -> str | None:
+        key = PREFIX + "ag:" + agent_key(record.org_id, record.agent_id)
+        holder = await self._script("claim_agent", [key], [record.owner, record.to_json(), _ms(ttl)])
+        return cast("str | None", holder or None)
+
+    async def get_agent(self, org_id: str, agent_id: str) -> AgentRecord | None:
+        raw = await self._run(self._redis.hget(PREFIX + "ag:" + agent_key(org_id, agent_id), "data"))
+        return None if raw is None else AgentRecord.from_json(raw)
+
+    async def release_agent(self, org_id: str, agent_id: str, owner: str) -> None:
+        await self._script("release_agent", [PREFIX + "ag:" + agent_key(org_id, agent_id)], [owner])
+
+    async def refresh_agent(self, record: AgentRecord, ttl: float) -> bool:
+        key = PREFIX + "ag:" + agent_key(record.org_id, record.agent_id)
+        return bool(await self._script("refresh_agent", [key], [record.owner, _ms(ttl)]))
+
+    async def claim_name(self, name: str, value: str, ttl: float) -> str | None:
+        holder = await self._script("claim_name", [PREFIX + "ix:" + name], [value, _ms(ttl)])
+        return cast("str | None", holder or None)
+
+    async def lookup_name(self, name: str) -> str | None:
+        return cast("str | None", await self._run(self._redis.get(PREFIX + "ix:" + name)))
+
+    async def release_name(self, name: str, value: str) -> None:
+        await self._script("release_name", [PREFIX + "ix:" + name], [value])
+
+    # -- messages --------------------------------------------------------------------------
+    async def first_time(self, key: str, ttl: float) -> bool:
+        return bool(await self._run(self._redis.set(PREFIX + "seen:" + key, 1, px=_ms(ttl), nx=True)))
+
+    async def append(self, key: str, item: str, max_items: int, ttl: float) -> None:
+        name = PREFIX + "ls:" + key
+        async with _guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(name, item)
+            pipe.ltrim(name, -max_items, -1)
+            pipe.pexpire(name, _ms(ttl))
+            await pipe.execute()
+
+    async def read_list(self, key: str) -> list[str]:
+        return cast("list[str]", await self._run(self._redis.lrange(PREFIX + "ls:" + key, 0, -1)))
+
+    async def pop_list(self, key: str) -> list[str]:
+        return cast("list[str]", await self._script("pop_list", [PREFIX + "ls:" + key], []))
+
+    # -- bus -------------------------------------------------------------------------------
+    async def publish(self, channel: str, message: str) -> int:
+        return int(await self._run(self._redis.publish(PREFIX + "bus:" + channel, message)))
+
+    async def subscribe(self, channel: str) -> AsyncIterator[str]:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with _guard():
+                await pubsub.subscribe(PREFIX + "bus:" + channel)
+            while True:
+                async with _guard():
+                    message = await pubsub.get_message(timeout=None)
+                if message is not None and message.get("type") == "message":
+                    yield str(message["data"])
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def ping(self) -> float:
+        started = time.perf_counter()
+        await self._run(self._redis.ping())
+        return time.perf_counter() - started
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+def _first_refusal(hits: Sequence[Hit], results: Sequence[Any]) -> Verdict:
+    for h, (count, ttl_ms) in zip(hits, results, strict=True):
+        verdict = judge(h.limit, int(count), int(ttl_ms))
+        if not verdict.allowed:
+            return verdict
+    return Verdict(True, 0)
+
+
+def _key_json(key: ApiKey) -> str:
+    return json.dumps(asdict(key))
+
+
+def _key_from_json(raw: str) -> ApiKey:
+    data = json.loads(raw)
+    data["kind"] = KeyKind(data["kind"])
+    return ApiKey(**data)
