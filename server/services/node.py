@@ -12,6 +12,7 @@ from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.authority import Authority
 from server.services.calls import CallRouter
 from server.services.keys import KeyService
+from server.services.sessions import SessionLimits, SessionManager
 from server.settings import Settings
 from server.store import Store, open_store
 from server.store.base import AgentRecord
@@ -24,7 +25,8 @@ class Node:
     keys: KeyService
     authority: Authority
     registry: AgentRegistry
-    calls: CallRouter = field(default_factory=CallRouter)
+    calls: CallRouter
+    sessions: SessionManager
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     connections: set[Any] = field(default_factory=set)  # live /client sockets
@@ -40,8 +42,19 @@ class Node:
         )
         await registry.start()
         authority = Authority(TokenCodec(settings.token_secrets), store, settings.token_ttl)
-        return cls(settings, store, keys, authority, registry)
+        calls = CallRouter()
+        limits = SessionLimits(
+            settings.max_sessions,
+            settings.max_sessions_per_org,
+            settings.session_max_seconds,
+            settings.session_idle_seconds,
+        )
+        sessions = SessionManager(registry, calls, limits)
+        node = cls(settings, store, keys, authority, registry, calls, sessions)
+        node.on_agent_offline.append(sessions.agent_offline)
+        return node
 
     async def aclose(self) -> None:
+        await self.sessions.shutdown(grace=0)
         await self.registry.stop()
         await self.store.aclose()

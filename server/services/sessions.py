@@ -1,0 +1,234 @@
+"""Live sessions (WebRTC, chat, WhatsApp) on this node: admission, lifecycle, limits.
+
+Every transport subclasses :class:`Session` and lets :class:`SessionManager` do the common
+part: limits on admission (per node, per org), ``call.started`` to the agent, idle and
+maximum-duration watchdogs, and exactly one ``call.ended {reason, duration_seconds}`` however
+the session ends (hangup, peer gone, timeout, agent offline, shutdown). A session that is not
+admitted leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import CapacityExceeded
+from server.log import event
+from server.services.agents import AgentRegistry
+from server.services.calls import CallRouter
+from server.store.base import AgentRecord
+
+log = logging.getLogger("voice.sessions")
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    max_sessions: int
+    max_sessions_per_org: int
+    max_seconds: float
+    idle_seconds: float
+
+
+def new_call_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(8)
+
+
+class Session:
+    """One live conversation between a user and an agent. Subclasses implement the transport."""
+
+    transport: str = "unknown"
+    call_prefix: str = "call_"
+
+    def __init__(self, org_id: str, agent_id: str, metadata: Mapping[str, Any] | None = None) -> None:
+        self.org_id = org_id
+        self.agent_id = agent_id
+        self.call_id = new_call_id(self.call_prefix)
+        self.session_id = "sess_" + secrets.token_hex(8)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.started_at = time.monotonic()
+        self.last_activity = self.started_at
+        self.ended = asyncio.Event()
+        self.end_reason: str | None = None
+        self.manager: SessionManager | None = None
+
+    def touch(self) -> None:
+        """Something happened: the idle timer starts again."""
+        self.last_activity = time.monotonic()
+
+    def started_frame(self) -> dict[str, Any]:
+        """The ``call.started`` frame for the agent (subclasses add transport fields)."""
+        return {
+            "event": "call.started",
+            "call_id": self.call_id,
+            "session_id": self.session_id,
+            "from": "browser",
+            "to": self.agent_id,
+            "direction": "inbound",
+            "transport": self.transport,
+            "metadata": self.metadata,
+        }
+
+    async def send_to_agent(self, frame: Mapping[str, Any]) -> bool:
+        """A per-call event to the agent (``call_id`` added)."""
+        if self.manager is None:
+            return False
+        return await self.manager.registry.send(
+            self.org_id, self.agent_id, {**frame, "call_id": self.call_id}
+        )
+
+    async def on_agent_command(self, frame: Mapping[str, Any]) -> None:
+        """A command from the agent for this call (``bot.reply``, ``call.hangup``, ``history.*``...)."""
+        self.touch()
+        if frame.get("event") == "call.hangup":
+            await self.end("hangup")
+            return
+        await self.handle_command(frame)
+
+    async def handle_command(self, frame: Mapping[str, Any]) -> None:
+        """Transport-specific commands; the default tells the agent the command is unknown."""
+        await self.send_to_agent(
+            {
+                "event": "error",
+                "error": f"unsupported command {frame.get('event')!r}",
+                "code": "UNSUPPORTED_COMMAND",
+            }
+        )
+
+    async def on_timeout_warning(self, seconds_left: float) -> None:
+        """Before an idle timeout ends the session (WebRTC sends ``session.idle_warning``)."""
+
+    async def close_transport(self, reason: str) -> None:
+        """Release the transport (peer connection, socket). Must not raise."""
+
+    async def end(self, reason: str) -> None:
+        """End the session once: close the transport, then ``call.ended`` to the agent."""
+        if self.manager is not None:
+            await self.manager.end(self, reason)
+
+
+class SessionManager:
+    def __init__(
+        self, registry: AgentRegistry, calls: CallRouter, limits: SessionLimits, clock: Clock = time.monotonic
+    ) -> None:
+        self.registry = registry
+        self.calls = calls
+        self.limits = limits
+        self._clock = clock
+        self._live: dict[str, Session] = {}
+        self._per_org: Counter[str] = Counter()
+        self._watchdogs: dict[str, asyncio.Task[None]] = {}
+        self.accepting = True
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def live(self) -> list[Session]:
+        return list(self._live.values())
+
+    def count_by_transport(self) -> Counter[str]:
+        return Counter(s.transport for s in self._live.values())
+
+    def check_capacity(self, org_id: str) -> None:
+        """Refuse before any resource is taken (call before consuming a token or building a peer)."""
+        if not self.accepting:
+            raise CapacityExceeded("This server is shutting down; reconnect to start a new session")
+        if len(self._live) >= self.limits.max_sessions:
+            raise CapacityExceeded(f"This server is at its session limit ({self.limits.max_sessions})")
+        if self._per_org[org_id] >= self.limits.max_sessions_per_org:
+            raise CapacityExceeded(
+                f"Your organisation is at its session limit ({self.limits.max_sessions_per_org})"
+            )
+
+    async def start(self, session: Session) -> None:
+        """Admit ``session``: register it, tell its agent (``call.started``), arm the watchdogs."""
+        self.check_capacity(session.org_id)
+        session.manager = self
+        self._live[session.call_id] = session
+        self._per_org[session.org_id] += 1
+        self.calls.add(session)
+        self._watchdogs[session.call_id] = asyncio.create_task(
+            self._watch(session), name=f"watch-{session.call_id}"
+        )
+        await self.registry.send(session.org_id, session.agent_id, session.started_frame())
+        event(
+            log,
+            "session started",
+            call_id=session.call_id,
+            org_id=session.org_id,
+            agent_id=session.agent_id,
+            transport=session.transport,
+        )
+
+    async def end(self, session: Session, reason: str) -> None:
+        if session.end_reason is not None or session.call_id not in self._live:
+            return
+        session.end_reason = reason
+        del self._live[session.call_id]
+        self._per_org[session.org_id] -= 1
+        if self._per_org[session.org_id] <= 0:
+            del self._per_org[session.org_id]
+        self.calls.remove(session)
+        watchdog = self._watchdogs.pop(session.call_id, None)
+        if watchdog is not None and watchdog is not asyncio.current_task():
+            watchdog.cancel()
+        try:
+            await session.close_transport(reason)
+        except Exception:
+            log.exception("closing the transport of %s failed", session.call_id)
+        duration = round(time.monotonic() - session.started_at, 3)
+        with contextlib.suppress(Exception):
+            await self.registry.send(
+                session.org_id,
+                session.agent_id,
+                {
+                    "event": "call.ended",
+                    "call_id": session.call_id,
+                    "reason": reason,
+                    "duration_seconds": duration,
+                },
+            )
+        session.ended.set()
+        event(log, "session ended", call_id=session.call_id, reason=reason, duration_seconds=duration)
+
+    async def _watch(self, session: Session) -> None:
+        limits = self.limits
+        warned = False
+        while session.end_reason is None:
+            now = time.monotonic()
+            if now - session.started_at >= limits.max_seconds:
+                await self.end(session, "max_duration")
+                return
+            idle = now - session.last_activity
+            if idle >= limits.idle_seconds:
+                await self.end(session, "idle_timeout")
+                return
+            if not warned and idle >= limits.idle_seconds * 0.8:
+                warned = True
+                with contextlib.suppress(Exception):
+                    await session.on_timeout_warning(limits.idle_seconds - idle)
+            elif idle < limits.idle_seconds * 0.8:
+                warned = False
+            await asyncio.sleep(min(1.0, max(0.05, limits.idle_seconds / 20)))
+
+    async def agent_offline(self, record: AgentRecord) -> None:
+        """The agent's /client socket closed: its sessions on this node end."""
+        for session in self.live():
+            if session.org_id == record.org_id and session.agent_id == record.agent_id:
+                await self.end(session, "agent_offline")
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop admitting, let live sessions run up to ``grace`` seconds, then end the rest."""
+        self.accepting = False
+        if self._live and grace > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(s.ended.wait() for s in self.live())), grace)
+        for session in self.live():
+            await self.end(session, "server_shutdown")

@@ -1,0 +1,164 @@
+"""Real processes for tests: a redis-server on a free port and voice-server processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if found is None:
+        raise RuntimeError(
+            "redis-server is not installed: run scripts/test (it installs it) or apt-get install redis-server"
+        )
+    return found
+
+
+@dataclass
+class RedisProcess:
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: str
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_redis(
+    port: int | None = None, extra: list[str] | None = None, workdir: str | None = None
+) -> RedisProcess:
+    port = port or free_port()
+    workdir = workdir or tempfile.mkdtemp(prefix="voice-redis-")
+    args = [
+        redis_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", workdir,
+        "--protected-mode", "no",
+        *(extra or []),
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    wait_for_port(port, proc=proc)
+    return RedisProcess(port, proc, workdir, list(extra or []))
+
+
+@dataclass
+class ServerProcess:
+    """A real ``python -m server serve`` process, started as the README does."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def start_server(
+    env: Mapping[str, str] | None = None, args: list[str] | None = None, ready_path: str = "/healthz"
+) -> ServerProcess:
+    port = free_port()
+    log_path = Path(tempfile.mkstemp(prefix="voice-server-", suffix=".log")[1])
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VOICE_")},
+        "VOICE_LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "server", "serve", "--port", str(port), *(args or [])]
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+    server = ServerProcess(port, proc, log_path, full_env)
+    try:
+        wait_for_port(port, timeout=20, proc=proc)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(server.url + ready_path, timeout=1).status_code == 200:
+                    return server
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready on {server.url}")
+    except BaseException:
+        server.kill()
+        raise RuntimeError("server failed to start:\n" + server.log()) from None
+
+
+@contextlib.contextmanager
+def running_server(
+    env: Mapping[str, str] | None = None, args: list[str] | None = None
+) -> Iterator[ServerProcess]:
+    server = start_server(env, args)
+    try:
+        yield server
+    finally:
+        server.stop()
