@@ -40,6 +40,12 @@ def redact(text: str) -> str:
     return text
 
 
+_SECRET_FIELDS = frozenset(
+    {"api_key", "apikey", "token", "authorization", "access_token", "accesstoken", "app_secret", "appsecret",
+     "verify_token", "verifytoken", "secret", "password"}
+)
+
+
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -48,7 +54,10 @@ class RedactingFilter(logging.Filter):
             record.msg, record.args = cleaned, None
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            record.fields = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+            record.fields = {
+                k: "[redacted]" if k.lower() in _SECRET_FIELDS else redact(v) if isinstance(v, str) else v
+                for k, v in fields.items()
+            }
         return True
 
 

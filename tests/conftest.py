@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from redis.asyncio import Redis
+from redis import Redis
 
 from server.store import MemoryStore, RedisStore, Store, redis_client
 from tests.support.procs import RedisProcess, start_redis
@@ -19,11 +19,11 @@ def redis_server() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
-async def redis_url(redis_server: RedisProcess) -> AsyncIterator[str]:
-    client = Redis.from_url(redis_server.url)
-    await client.flushall()
-    await client.aclose()
-    yield redis_server.url
+def redis_url(redis_server: RedisProcess) -> str:
+    """The session's redis-server, emptied for this test."""
+    with Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
 
 
 class FakeClock:

@@ -19,6 +19,7 @@ class KeyService:
         self._store = store
         self._clock = clock
         self._touched: dict[str, float] = {}
+        self._configured: dict[str, ApiKey] = {}  # digest -> key, from VOICE_API_KEYS
 
     async def create(
         self, org_id: str, kind: KeyKind = KeyKind.SECRET, label: str = ""
@@ -31,22 +32,25 @@ class KeyService:
         await self._store.put_key(key, apikeys.digest(secret))
         return key, secret
 
-    async def bootstrap(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Install ``VOICE_API_KEYS`` idempotently: every node derives the same key id."""
+    def configure(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Keys from ``VOICE_API_KEYS``: configuration, valid on every node that has it, whatever
+        the store holds (they survive a store flush; remove one from the variable to revoke it)."""
         for org_id, secret in pairs:
             if not apikeys.valid_org_id(org_id):
                 raise BadRequest(f"VOICE_API_KEYS: bad org id {org_id!r}")
             digest = apikeys.digest(secret)
-            existing = await self._store.key_by_digest(digest)
-            if existing is None:
-                key = ApiKey(
-                    "key_" + digest[:16], org_id, apikeys.kind_of(secret), self._clock(), label="bootstrap"
-                )
-                await self._store.put_key(key, digest)
+            kind = apikeys.kind_of(secret)
+            self._configured[digest] = ApiKey("key_" + digest[:16], org_id, kind, 0.0, label="VOICE_API_KEYS")
 
     async def authenticate(self, secret: str, kind: KeyKind | None = None) -> ApiKey:
         """The active key behind ``secret``; InvalidApiKey for unknown, revoked or wrong-kind keys."""
-        key = await self._store.key_by_digest(apikeys.digest(secret)) if secret else None
+        digest = apikeys.digest(secret)
+        key = self._configured.get(digest)
+        if key is not None:
+            if kind is not None and key.kind is not kind:
+                raise InvalidApiKey("Invalid API key")
+            return key
+        key = await self._store.key_by_digest(digest) if secret else None
         if key is None or not key.active or (kind is not None and key.kind is not kind):
             raise InvalidApiKey("Invalid API key")
         now = self._clock()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -16,15 +16,23 @@ __all__ = ["MemoryStore", "RedisStore", "Store", "open_store", "redis_client"]
 SOCKET_TIMEOUT = 2.0
 
 
+MAX_CONNECTIONS = 64
+
+
 def redis_client(url: str) -> Redis:
-    return Redis.from_url(
+    # A blocking pool: a burst beyond MAX_CONNECTIONS waits for a free connection (up to the
+    # socket timeout) instead of failing; a plain pool raises MaxConnectionsError.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=SOCKET_TIMEOUT,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         health_check_interval=15,
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 def open_store(url: str) -> Store:

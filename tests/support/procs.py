@@ -83,7 +83,7 @@ def start_redis(
         "--protected-mode", "no",
         *(extra or []),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, proc=proc)
     return RedisProcess(port, proc, workdir, list(extra or []))
 
@@ -137,7 +137,7 @@ def start_server(
     }
     command = [sys.executable, "-m", "server", "serve", "--port", str(port), *(args or [])]
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+        proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     server = ServerProcess(port, proc, log_path, full_env)
     try:
         wait_for_port(port, timeout=20, proc=proc)

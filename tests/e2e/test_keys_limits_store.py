@@ -1,0 +1,243 @@
+"""Key management through the CLI, rate limits, start-up checks and a store that goes away.
+
+All against real processes: the server, the ``voice-server`` CLI and redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.procs import ROOT, RedisProcess, ServerProcess, free_port, start_redis, start_server
+from tests.support.sdk import SdkClient
+
+BOOT_KEY = "sk_test_boot_0123456789abcdef"
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("VOICE_")}, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def redis_db(redis_server: RedisProcess) -> str:
+    return redis_server.url.replace("/0", "/2")
+
+
+@pytest.fixture(scope="module")
+def server(redis_db: str) -> Iterator[ServerProcess]:
+    proc = start_server(
+        {
+            "VOICE_TOKEN_SECRET": "keys-test-secret",
+            "VOICE_STORE_URL": redis_db,
+            "VOICE_API_KEYS": f"boot:{BOOT_KEY}",
+            "VOICE_RATE_LIMIT_KEY": "5/minute",
+            "VOICE_RATE_LIMIT_PUBLIC": "3/minute",
+            "VOICE_TRUSTED_PROXIES": "127.0.0.1/32",
+        }
+    )
+    yield proc
+    proc.stop()
+
+
+def name() -> str:
+    return "agent-" + uuid.uuid4().hex[:8]
+
+
+async def test_keys_create_list_revoke(server: ServerProcess, redis_db: str) -> None:
+    env = {"VOICE_STORE_URL": redis_db}
+    created = cli("keys", "create", "--org", "cli-org", env=env)
+    assert created.returncode == 0, created.stderr
+    lines = created.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sk_live_")
+    secret = lines[0]
+    listed = cli("keys", "list", env=env)
+    assert listed.returncode == 0
+    assert secret not in listed.stdout
+    row = next(line for line in listed.stdout.splitlines() if "org=cli-org" in line)
+    key_id = row.split()[0]
+    assert key_id.startswith("key_")
+    as_json = json.loads(cli("keys", "list", "--json", env=env).stdout)
+    assert any(k["key_id"] == key_id and k["status"] == "active" for k in as_json)
+    assert all("secret" not in k for k in as_json)
+
+    agent = name()
+    sdk = await SdkClient.connect(server.url, secret)
+    assert sdk.org_id == "cli-org"
+    await sdk.create_agent(agent)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        auth = {"Authorization": f"Bearer {secret}"}
+        assert (await http.get("/chat/token", params={"agent_id": agent}, headers=auth)).status_code == 200
+        revoked = cli("keys", "revoke", key_id, env=env)
+        assert revoked.returncode == 0 and key_id in revoked.stdout
+        refused = await http.get("/chat/token", params={"agent_id": agent}, headers=auth)
+        assert refused.status_code == 401 and refused.json()["code"] == "invalid_api_key"
+    with pytest.raises(ConnectionError):
+        await SdkClient.connect(server.url, secret)
+    await sdk.close()
+    assert cli("keys", "revoke", "key_missing", env=env).returncode == 1
+
+
+async def test_keys_create_json_and_publishable_path(server: ServerProcess, redis_db: str) -> None:
+    env = {"VOICE_STORE_URL": redis_db}
+    made = json.loads(cli("keys", "create", "--org", "boot", "--publishable", "--json", env=env).stdout)
+    assert made["secret"].startswith("pk_publishable_") and made["kind"] == "publishable"
+    agent = name()
+    sdk = await SdkClient.connect(server.url, BOOT_KEY)
+    await sdk.create_agent(agent, allowed_origins=["https://shop.example.org"])
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        pk = {"Authorization": f"Bearer {made['secret']}"}
+        ok = await http.get(
+            "/webrtc/token", params={"agent_id": agent}, headers={**pk, "Origin": "https://shop.example.org"}
+        )
+        assert ok.status_code == 200, ok.text
+        no_origin = await http.get("/webrtc/token", params={"agent_id": agent}, headers=pk)
+        assert no_origin.status_code == 403 and no_origin.json()["code"] == "no_credential"
+        wrong = await http.get(
+            "/webrtc/token", params={"agent_id": agent}, headers={**pk, "Origin": "https://evil.org"}
+        )
+        assert wrong.status_code == 403 and wrong.json()["code"] == "origin_not_allowed"
+        sealed = await http.get(
+            "/webrtc/token",
+            params={"agent_id": agent, "metadata": "{}"},
+            headers={**pk, "Origin": "https://shop.example.org"},
+        )
+        assert sealed.status_code == 400  # only a backend seals metadata, even an empty object
+    await sdk.close()
+
+
+def test_keys_commands_refuse_the_embedded_store() -> None:
+    result = cli("keys", "list", env={"VOICE_STORE_URL": "memory://"})
+    assert result.returncode == 2 and "VOICE_STORE_URL" in result.stderr
+
+
+async def test_rate_limit_per_key_answers_429_with_retry_after(server: ServerProcess, redis_db: str) -> None:
+    secret = cli("keys", "create", "--org", "boot", env={"VOICE_STORE_URL": redis_db}).stdout.strip()
+    agent = name()
+    sdk = await SdkClient.connect(server.url, BOOT_KEY)
+    await sdk.create_agent(agent)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        auth = {"Authorization": f"Bearer {secret}"}
+        statuses = [
+            (await http.get("/chat/token", params={"agent_id": agent}, headers=auth)) for _ in range(7)
+        ]
+    assert [r.status_code for r in statuses] == [200] * 5 + [429] * 2
+    refused = statuses[-1]
+    assert refused.json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    await sdk.close()
+
+
+async def test_public_rate_limit_is_per_origin_and_client_ip(server: ServerProcess) -> None:
+    """X-Forwarded-For counts here because the test's peer (127.0.0.1) is a trusted proxy."""
+    agent = name()
+    sdk = await SdkClient.connect(server.url, BOOT_KEY)
+    await sdk.create_agent(agent, allowed_origins=["https://*.example.net"])
+    async with httpx.AsyncClient(base_url=server.url) as http:
+
+        async def mint(origin: str, ip: str) -> int:
+            headers = {"Origin": origin, "X-Forwarded-For": ip}
+            return (await http.get("/webrtc/token", params={"agent_id": agent}, headers=headers)).status_code
+
+        first = [await mint("https://a.example.net", "198.51.100.1") for _ in range(4)]
+        other_ip = await mint("https://a.example.net", "198.51.100.2")
+        other_origin = await mint("https://b.example.net", "198.51.100.1")
+    assert first == [200, 200, 200, 429]
+    assert other_ip == 200 and other_origin == 200
+    await sdk.close()
+
+
+def test_outside_dev_mode_a_token_secret_is_required() -> None:
+    port = free_port()
+    result = cli("serve", "--port", str(port), env={})
+    assert result.returncode == 2 and "VOICE_TOKEN_SECRET" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VOICE_TOKEN_TTL", "-5"),
+        ("VOICE_STORE_URL", "mysql://x"),
+        ("VOICE_RATE_LIMIT_KEY", "lots"),
+        ("VOICE_API_KEYS", "no-colon"),
+        ("VOICE_PUBLIC_URL", "ftp://x"),
+        ("VOICE_TRUSTED_PROXIES", "not-an-ip"),
+    ],
+)
+def test_bad_settings_fail_at_start_naming_the_variable(variable: str, value: str) -> None:
+    result = cli("serve", "--dev", "--port", str(free_port()), env={variable: value})
+    assert result.returncode == 2 and variable in result.stderr
+
+
+def test_dev_mode_refuses_a_public_bind() -> None:
+    result = cli("serve", "--dev", "--host", "0.0.0.0", "--port", str(free_port()), env={})
+    assert result.returncode == 2 and "loopback" in result.stderr
+
+
+def test_dev_mode_prints_a_working_key_and_curl() -> None:
+    proc = start_server({}, args=["--dev"])
+    try:
+        log = proc.log()
+        key_line = next(line for line in log.splitlines() if "API key:" in line)
+        key = key_line.split()[-1]
+        assert key.startswith("sk_live_") and "curl" in log
+        response = httpx.get(
+            proc.url + "/chat/token",
+            params={"agent_id": "nobody"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 404 and response.json()["code"] == "agent_not_online"
+    finally:
+        proc.stop()
+
+
+async def test_the_store_fails_closed_and_recovers() -> None:
+    """Redis down: no token is issued (503 store_unavailable); Redis back: minting works again."""
+    redis = start_redis()
+    proc = start_server(
+        {"VOICE_TOKEN_SECRET": "s", "VOICE_STORE_URL": redis.url, "VOICE_API_KEYS": f"boot:{BOOT_KEY}"}
+    )
+    try:
+        agent = name()
+        sdk = await SdkClient.connect(proc.url, BOOT_KEY)
+        await sdk.create_agent(agent)
+        auth = {"Authorization": f"Bearer {BOOT_KEY}"}
+        async with httpx.AsyncClient(base_url=proc.url, timeout=15) as http:
+            assert (
+                await http.get("/chat/token", params={"agent_id": agent}, headers=auth)
+            ).status_code == 200
+            redis.stop()
+            down = await http.get("/chat/token", params={"agent_id": agent}, headers=auth)
+            assert down.status_code == 503 and down.json()["code"] == "store_unavailable"
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            redis = start_redis(port=redis.port, workdir=redis.workdir)
+            # A fresh, empty Redis: the agent's heartbeat claims its registration again within
+            # a few seconds, and VOICE_API_KEYS keys are configuration, so minting recovers
+            # without a restart.
+            for _ in range(150):
+                again = await http.get("/chat/token", params={"agent_id": agent}, headers=auth)
+                if again.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert again.status_code == 200, again.text
+            assert (await http.get("/readyz")).status_code == 200
+        await sdk.close()
+    finally:
+        proc.stop()
+        redis.stop()

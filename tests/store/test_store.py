@@ -1,0 +1,243 @@
+"""One suite, two backends: the embedded store and a real redis-server (fixture ``store``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from server.core.apikeys import ApiKey, KeyKind
+from server.core.ratelimit import RateLimit
+from server.store import MemoryStore, RedisStore, Store, redis_client
+from server.store.base import AgentRecord, Hit
+
+
+def record(owner: str = "node-a/conn-1", agent: str = "florencia", **extra: object) -> AgentRecord:
+    values: dict[str, object] = {
+        "org_id": "acme",
+        "agent_id": agent,
+        "owner": owner,
+        "node_id": owner.split("/")[0],
+        "node_url": "http://127.0.0.1:1",
+        "allowed_origins": ("https://*.example.com",),
+        "config": {"voice": "x"},
+        "channels": {"whatsapp:123": {"type": "whatsapp", "ref": "123", "appSecret": "s"}},
+        "registered_at": 1.0,
+    }
+    values.update(extra)
+    return AgentRecord(**values)  # type: ignore[arg-type]
+
+
+# -- tokens -------------------------------------------------------------------------------------
+async def test_an_issued_token_is_consumed_once(store: Store) -> None:
+    assert (await store.issue_token("jti-1", 60, [])).allowed
+    assert await store.consume_token("jti-1") is True
+    assert await store.consume_token("jti-1") is False
+
+
+async def test_an_unknown_token_is_not_consumed(store: Store) -> None:
+    assert await store.consume_token("never-issued") is False
+
+
+async def test_exactly_one_of_many_concurrent_consumes_wins(store: Store) -> None:
+    """≥ 200 concurrent consumes of one token: exactly one success (STYLE §4)."""
+    await store.issue_token("raced", 60, [])
+    results = await asyncio.gather(*(store.consume_token("raced") for _ in range(250)))
+    assert results.count(True) == 1
+
+
+async def test_concurrent_consumes_across_many_tokens(store: Store) -> None:
+    ids = [f"t{i}" for i in range(100)]
+    for jti in ids:
+        await store.issue_token(jti, 60, [])
+    results = await asyncio.gather(*(store.consume_token(j) for j in ids for _ in range(3)))
+    assert results.count(True) == 100
+
+
+def test_a_memory_token_expires_with_its_clock() -> None:
+    now = [0.0]
+    memory = MemoryStore(clock=lambda: now[0])
+
+    async def scenario() -> tuple[bool, bool]:
+        await memory.issue_token("short", 10, [])
+        await memory.issue_token("long", 100, [])
+        now[0] = 10.0
+        return await memory.consume_token("short"), await memory.consume_token("long")
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+async def test_a_redis_token_carries_its_ttl(redis_url: str) -> None:
+    client = redis_client(redis_url)
+    store = RedisStore(client, redis_url)
+    await store.issue_token("ttl", 63, [])
+    pttl = await client.pttl("vs:tok:ttl")
+    await store.aclose()
+    assert 60_000 < pttl <= 63_000
+
+
+async def test_rate_limited_issue_stores_no_token(store: Store) -> None:
+    limit = RateLimit(2, 60)
+    hits = [Hit("k:key_1", limit)]
+    assert (await store.issue_token("a", 60, hits)).allowed
+    assert (await store.issue_token("b", 60, hits)).allowed
+    refused = await store.issue_token("c", 60, hits)
+    assert not refused.allowed
+    assert 1 <= refused.retry_after <= 60
+    assert await store.consume_token("c") is False
+    assert await store.consume_token("a") is True
+
+
+async def test_limits_are_per_bucket(store: Store) -> None:
+    limit = RateLimit(1, 60)
+    assert (await store.hit([Hit("one", limit)])).allowed
+    assert (await store.hit([Hit("two", limit)])).allowed
+    assert not (await store.hit([Hit("one", limit)])).allowed
+
+
+async def test_the_first_refusing_bucket_decides(store: Store) -> None:
+    tight, loose = RateLimit(1, 60), RateLimit(100, 1)
+    await store.hit([Hit("tight", tight)])
+    verdict = await store.hit([Hit("loose", loose), Hit("tight", tight)])
+    assert not verdict.allowed
+    assert verdict.retry_after > 1
+
+
+async def test_disabled_limits_are_not_counted(store: Store) -> None:
+    off = RateLimit(0, 1)
+    for _ in range(50):
+        assert (await store.hit([Hit("off", off)])).allowed
+
+
+async def test_concurrent_hits_are_counted_exactly(store: Store) -> None:
+    limit = RateLimit(50, 60)
+    verdicts = await asyncio.gather(*(store.hit([Hit("burst", limit)]) for _ in range(120)))
+    assert sum(v.allowed for v in verdicts) == 50
+
+
+# -- keys ---------------------------------------------------------------------------------------
+async def test_keys_by_digest_list_touch_revoke(store: Store) -> None:
+    key = ApiKey("key_1", "acme", KeyKind.SECRET, 10.0, label="ci")
+    await store.put_key(key, "d1")
+    assert await store.key_by_digest("d1") == key
+    assert await store.key_by_digest("d2") is None
+    await store.touch_key("key_1", 20.0)
+    touched = await store.key_by_digest("d1")
+    assert touched is not None and touched.last_used_at == 20.0
+    revoked = await store.revoke_key("key_1", 30.0)
+    assert revoked is not None and revoked.revoked_at == 30.0 and not revoked.active
+    again = await store.revoke_key("key_1", 40.0)
+    assert again is not None and again.revoked_at == 30.0
+    assert await store.revoke_key("key_missing", 1.0) is None
+    assert [k.key_id for k in await store.list_keys()] == ["key_1"]
+
+
+# -- agents -------------------------------------------------------------------------------------
+async def test_claiming_an_agent_is_exclusive(store: Store) -> None:
+    first, second = record("node-a/c1"), record("node-b/c2")
+    assert await store.claim_agent(first, 10) is None
+    assert await store.claim_agent(second, 10) == "node-a/c1"
+    assert await store.claim_agent(first, 10) is None  # the holder may update
+    assert await store.get_agent("acme", "florencia") == first
+
+
+async def test_only_the_holder_releases_or_refreshes(store: Store) -> None:
+    first = record("node-a/c1")
+    await store.claim_agent(first, 10)
+    await store.release_agent("acme", "florencia", "node-b/c2")
+    assert await store.get_agent("acme", "florencia") is not None
+    assert await store.refresh_agent(record("node-b/c2"), 10) is False
+    assert await store.refresh_agent(first, 10) is True
+    await store.release_agent("acme", "florencia", "node-a/c1")
+    assert await store.get_agent("acme", "florencia") is None
+    assert await store.claim_agent(record("node-b/c2"), 10) is None
+
+
+async def test_an_agent_without_heartbeat_goes_offline(store: Store) -> None:
+    await store.claim_agent(record(), 0.1)
+    await _until_gone(lambda: store.get_agent("acme", "florencia"))
+
+
+async def test_agents_are_per_org(store: Store) -> None:
+    await store.claim_agent(record("n/1"), 10)
+    other = record("n/2", org_id="globex")
+    assert await store.claim_agent(other, 10) is None
+    assert (await store.get_agent("globex", "florencia")) == other
+
+
+async def test_record_round_trips_through_json() -> None:
+    original = record()
+    assert AgentRecord.from_json(original.to_json()) == original
+
+
+async def test_names_point_at_one_value(store: Store) -> None:
+    assert await store.claim_name("pub:x", "acme/x", 10) is None
+    assert await store.claim_name("pub:x", "acme/x", 10) is None
+    assert await store.claim_name("pub:x", "globex/x", 10) == "acme/x"
+    assert await store.lookup_name("pub:x") == "acme/x"
+    await store.release_name("pub:x", "globex/x")
+    assert await store.lookup_name("pub:x") == "acme/x"
+    await store.release_name("pub:x", "acme/x")
+    assert await store.lookup_name("pub:x") is None
+
+
+# -- messages and bus ---------------------------------------------------------------------------
+async def test_first_time_dedupes(store: Store) -> None:
+    assert await store.first_time("wamid.1", 60) is True
+    assert await store.first_time("wamid.1", 60) is False
+    assert await store.first_time("wamid.2", 60) is True
+
+
+async def test_bounded_lists(store: Store) -> None:
+    for i in range(5):
+        await store.append("thread", f"m{i}", max_items=3, ttl=60)
+    assert await store.read_list("thread") == ["m2", "m3", "m4"]
+    assert await store.pop_list("thread") == ["m2", "m3", "m4"]
+    assert await store.read_list("thread") == []
+
+
+async def test_publish_reaches_a_subscriber(store: Store) -> None:
+    received: list[str] = []
+    ready = asyncio.Event()
+
+    async def listen() -> None:
+        iterator = store.subscribe("chan")
+        task = asyncio.ensure_future(iterator.__anext__())
+        await asyncio.sleep(0.05)
+        ready.set()
+        received.append(await task)
+        await iterator.aclose()  # type: ignore[attr-defined]
+
+    listener = asyncio.create_task(listen())
+    await ready.wait()
+    for _ in range(100):
+        if await store.publish("chan", "hello") >= 1:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.wait_for(listener, 5)
+    assert received == ["hello"]
+
+
+async def test_ping(store: Store) -> None:
+    assert await store.ping() >= 0
+
+
+def test_memory_store_sweeps_expired_entries() -> None:
+    now = [0.0]
+    memory = MemoryStore(clock=lambda: now[0])
+
+    async def fill() -> None:
+        for i in range(2000):
+            await memory.issue_token(f"t{i}", 1, [])
+
+    asyncio.run(fill())
+    now[0] = 5.0
+    assert len(memory) == 0
+
+
+async def _until_gone(read: object) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if await read() is None:  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("still there after 5 s")

@@ -1,0 +1,77 @@
+"""Settings are read once, validated, and fail naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.core.ratelimit import RateLimit
+from server.settings import Settings, SettingsError
+
+
+def test_dev_defaults_need_no_configuration() -> None:
+    settings = Settings.from_env({}, dev=True)
+    assert settings.store_url == "memory://"
+    assert settings.token_ttl == 60
+    assert len(settings.token_secrets) == 1
+    assert settings.public_url == "http://127.0.0.1:8080"
+
+
+def test_production_needs_a_token_secret() -> None:
+    with pytest.raises(SettingsError, match="VOICE_TOKEN_SECRET"):
+        Settings.from_env({})
+
+
+def test_values_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            "VOICE_TOKEN_SECRET": "old, new",
+            "VOICE_TOKEN_TTL": "30",
+            "VOICE_API_KEYS": "acme:sk_0123456789abcdef,globex:sk_fedcba9876543210",
+            "VOICE_RATE_LIMIT_KEY": "20/second",
+            "VOICE_RATE_LIMIT_PUBLIC": "0",
+            "VOICE_PUBLIC_URL": "https://voice.example.com/",
+            "VOICE_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+            "VOICE_RTC_HOST_ADDRESSES": "127.0.0.1",
+            "VOICE_ICE_SERVERS": '[{"urls": "stun:stun.example.com:3478"}]',
+        }
+    )
+    assert settings.token_secrets == ("old", "new")
+    assert settings.token_ttl == 30
+    assert settings.bootstrap_keys == (("acme", "sk_0123456789abcdef"), ("globex", "sk_fedcba9876543210"))
+    assert settings.rate_limit_key == RateLimit(20, 1)
+    assert not settings.rate_limit_public.enabled
+    assert settings.public_url == "https://voice.example.com"
+    assert settings.public_ws_url == "wss://voice.example.com"
+    assert len(settings.trusted_proxies) == 2
+    assert settings.rtc_host_addresses == ("127.0.0.1",)
+    assert settings.ice_servers[0]["urls"] == "stun:stun.example.com:3478"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("VOICE_PORT", "70000"),
+        ("VOICE_TOKEN_TTL", "abc"),
+        ("VOICE_DEV", "maybe"),
+        ("VOICE_API_KEYS", "acme:short"),
+        ("VOICE_ICE_SERVERS", '[{"nourls": 1}]'),
+        ("VOICE_RTC_HOST_ADDRESSES", "localhost"),
+        ("VOICE_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value, "VOICE_TOKEN_SECRET": "s"})
+
+
+def test_secrets_stay_out_of_the_repr() -> None:
+    settings = Settings.from_env(
+        {"VOICE_TOKEN_SECRET": "topsecret", "VOICE_API_KEYS": "a:sk_0123456789abcdefgh"}
+    )
+    assert "topsecret" not in repr(settings) and "sk_0123456789abcdefgh" not in repr(settings)
+
+
+def test_dev_mode_binds_loopback_unless_asked() -> None:
+    with pytest.raises(SettingsError, match="loopback"):
+        Settings.from_env({"VOICE_HOST": "0.0.0.0"}, dev=True)
+    assert Settings.from_env({"VOICE_HOST": "0.0.0.0", "VOICE_ALLOW_PUBLIC_BIND": "1"}, dev=True)
