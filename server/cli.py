@@ -4,6 +4,8 @@ voice-server serve [--dev] [--host H] [--port P] [--allow-public-bind]
 voice-server keys create --org ORG [--publishable] [--label L] [--json]
 voice-server keys list [--json]
 voice-server keys revoke KEY_ID
+voice-server whatsapp sign --secret S < payload.json
+voice-server whatsapp send --url URL [--secret S] [--file payload.json]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from server import cli_whatsapp
 from server import log as logsetup
 from server.core.apikeys import ApiKey, KeyKind
 from server.errors import VoiceError
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id; it fails on its next use")
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
+    cli_whatsapp.add_commands(commands)  # voice-server whatsapp sign|send
     return parser
 
 
@@ -117,11 +121,24 @@ async def _dev_banner(node: Node) -> None:
             f"  API key:  {key}",
             "  (a new key every start; pin one with VOICE_API_KEYS=dev:<key>)",
         ]
-    agent = settings.mock_agent or "my-agent"
-    lines += [
-        "  Mint a token (with an agent online, e.g. the built-in mock agent):",
-        f'    curl -H "Authorization: Bearer {key}" "{settings.public_url}/webrtc/token?agent_id={agent}"',
-    ]
+    org = settings.bootstrap_keys[0][0] if settings.bootstrap_keys else "dev"
+    mock, base = node.mock_agent, settings.public_url
+    if mock is None:
+        lines += [
+            "  Mint a token (with an agent online over /client):",
+            f'    curl -H "Authorization: Bearer {key}" "{base}/webrtc/token?agent_id=my-agent"',
+        ]
+    else:
+        lines.append(f"  Mock agent {mock.agent_id!r} (org {mock.org_id}) is online; mint a chat token:")
+        mint = f"{base}/chat/token?agent_id={mock.agent_id}"
+        if mock.org_id == org:
+            lines.append(f'    curl -H "Authorization: Bearer {key}" "{mint}"')
+        if mock.origins:
+            lines.append(f'    curl -H "Origin: http://localhost:3000" "{mint}"')
+        lines.append(
+            f"  then connect to {settings.public_ws_url}/chat/ws?token=<token> "
+            """and send {"event": "message", "text": "hi"}"""
+        )
     print("\n".join(lines), flush=True)
 
 

@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from server.core.origins import parse_patterns
 from server.core.ratelimit import RateLimit, parse_rate
+from server.core.slugs import slugify
+from server.errors import InvalidOriginPattern
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -24,6 +27,9 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 DEFAULT_GREETING = "Hi! I'm the mock agent. Say something and I'll echo it."
+# Dev mode runs the built-in mock agent unless VOICE_MOCK_AGENT says otherwise ("off" disables it).
+DEV_MOCK_AGENT = "demo"
+DEV_MOCK_AGENT_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
 DEFAULT_GRAPH_URL = "https://graph.facebook.com/v21.0"
 
 
@@ -60,14 +66,20 @@ class Settings:
     session_max_seconds: float = 3600.0
     session_idle_seconds: float = 300.0
     chat_history_ttl: float = 86400.0
+    chat_reply_seconds: float = 60.0  # a chat turn the agent leaves unanswered ends in chat.error
     mock_agent: str = ""  # agent id of the built-in mock agent ("" = none)
     mock_agent_origins: tuple[str, ...] = ()
     mock_agent_greeting: str = DEFAULT_GREETING
+    mock_agent_org: str = ""  # empty: the org of the first VOICE_API_KEYS entry, else "dev"
     # WhatsApp
     whatsapp_verify_token: str = field(default="", repr=False)
     whatsapp_app_secrets: tuple[str, ...] = field(default=(), repr=False)
     whatsapp_require_signature: bool = True
     whatsapp_graph_url: str = DEFAULT_GRAPH_URL
+    whatsapp_max_body: int = 1024 * 1024  # bytes of a webhook POST; larger is refused with 413
+    whatsapp_session_idle_seconds: float = 3600.0  # besides Meta's 24 h window since the contact wrote
+    whatsapp_queue_ttl: float = 86400.0  # how long messages for an offline number are kept
+    whatsapp_queue_max: int = 100  # messages kept per offline number (the oldest go first)
     # Shutdown
     drain_seconds: float = 20.0
 
@@ -103,13 +115,23 @@ class Settings:
             "session_max_seconds": reader.get("VOICE_SESSION_MAX_SECONDS", _positive(float, 86400), 3600.0),
             "session_idle_seconds": reader.get("VOICE_SESSION_IDLE_SECONDS", _positive(float, 86400), 300.0),
             "chat_history_ttl": reader.get("VOICE_CHAT_HISTORY_TTL", _positive(float, 30 * 86400), 86400.0),
-            "mock_agent": reader.get("VOICE_MOCK_AGENT", str, ""),
-            "mock_agent_origins": reader.get("VOICE_MOCK_AGENT_ORIGINS", _csv, ()),
+            "chat_reply_seconds": reader.get("VOICE_CHAT_REPLY_SECONDS", _positive(float, 3600), 60.0),
+            "mock_agent": reader.get("VOICE_MOCK_AGENT", _mock_agent, DEV_MOCK_AGENT if dev else ""),
+            "mock_agent_origins": reader.get(
+                "VOICE_MOCK_AGENT_ORIGINS", _origin_patterns, DEV_MOCK_AGENT_ORIGINS if dev else ()
+            ),
             "mock_agent_greeting": reader.get("VOICE_MOCK_AGENT_GREETING", str, DEFAULT_GREETING),
+            "mock_agent_org": reader.get("VOICE_MOCK_AGENT_ORG", str, ""),
             "whatsapp_verify_token": reader.get("VOICE_WHATSAPP_VERIFY_TOKEN", str, ""),
             "whatsapp_app_secrets": reader.get("VOICE_WHATSAPP_APP_SECRET", _csv, ()),
             "whatsapp_require_signature": reader.get("VOICE_WHATSAPP_REQUIRE_SIGNATURE", _bool, not dev),
             "whatsapp_graph_url": reader.get("VOICE_WHATSAPP_GRAPH_URL", _http_url, DEFAULT_GRAPH_URL),
+            "whatsapp_max_body": reader.get("VOICE_WHATSAPP_MAX_BODY", _positive(int, 16 << 20), 1 << 20),
+            "whatsapp_session_idle_seconds": reader.get(
+                "VOICE_WHATSAPP_SESSION_IDLE_SECONDS", _positive(float, 86400), 3600.0
+            ),
+            "whatsapp_queue_ttl": reader.get("VOICE_WHATSAPP_QUEUE_TTL", _positive(float, 604800), 86400.0),
+            "whatsapp_queue_max": reader.get("VOICE_WHATSAPP_QUEUE_MAX", _positive(int, 10_000), 100),
             "drain_seconds": reader.get("VOICE_DRAIN_SECONDS", _positive(float, 3600), 20.0),
         }
         node_id = reader.get("VOICE_NODE_ID", str, "")
@@ -140,6 +162,9 @@ class Settings:
             if ":" in host:
                 host = f"[{host}]"
             settings = replace(settings, public_url=f"http://{host}:{settings.port}")
+        if settings.mock_agent and not settings.mock_agent_org:
+            org = settings.bootstrap_keys[0][0] if settings.bootstrap_keys else "dev"
+            settings = replace(settings, mock_agent_org=org)
         return settings
 
     @property
@@ -208,6 +233,26 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _mock_agent(raw: str) -> str:
+    """An agent id, or ``off``/``none`` to run no mock agent (even in dev mode)."""
+    if raw.lower() in ("off", "none", "0", "false"):
+        return ""
+    slug = slugify(raw)
+    if not slug or len(raw) > 128:
+        raise ValueError(f"not a usable agent id: {raw!r}")
+    return slug
+
+
+def _origin_patterns(raw: str) -> tuple[str, ...]:
+    """``allowed_origins`` patterns, validated now so a typo fails start-up, not registration."""
+    patterns = _csv(raw)
+    try:
+        parse_patterns(list(patterns))
+    except InvalidOriginPattern as exc:
+        raise ValueError(exc.detail) from None
+    return patterns
 
 
 def _http_url(raw: str) -> str:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.core.tokens import TokenCodec
+from server.errors import VoiceError
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.authority import Authority
 from server.services.calls import CallRouter
 from server.services.keys import KeyService
+from server.services.mock_agent import MockAgent
 from server.services.sessions import SessionLimits, SessionManager
+from server.services.whatsapp import WhatsAppService
 from server.settings import Settings
 from server.store import Store, open_store
 from server.store.base import AgentRecord
@@ -31,6 +35,8 @@ class Node:
     draining: bool = False
     connections: set[Any] = field(default_factory=set)  # live /client sockets
     on_agent_offline: list[Callable[[AgentRecord], Awaitable[None]]] = field(default_factory=list)
+    mock_agent: MockAgent | None = None  # VOICE_MOCK_AGENT (dev mode: agent "demo")
+    whatsapp: WhatsAppService = field(init=False)  # webhooks and conversations (CONTRACT §7)
 
     @classmethod
     async def open(cls, settings: Settings, store: Store | None = None) -> Node:
@@ -52,9 +58,36 @@ class Node:
         sessions = SessionManager(registry, calls, limits)
         node = cls(settings, store, keys, authority, registry, calls, sessions)
         node.on_agent_offline.append(sessions.agent_offline)
+        node.whatsapp = WhatsAppService(settings, store, registry, calls)
+        await node.whatsapp.start()
+        registry.on_online.append(node.whatsapp.agent_online)  # drains messages queued while offline
+        node.on_agent_offline.append(node.whatsapp.agent_offline)
+        if settings.mock_agent:
+            node.mock_agent = await node.start_mock_agent()
         return node
 
+    async def start_mock_agent(self) -> MockAgent | None:
+        """Bring the built-in mock agent online; another node of the deployment may hold it already."""
+        settings = self.settings
+        agent = MockAgent(
+            self.registry,
+            self.calls,
+            org_id=settings.mock_agent_org,
+            agent_id=settings.mock_agent,
+            origins=settings.mock_agent_origins,
+            greeting=settings.mock_agent_greeting,
+        )
+        try:
+            return await agent.start()
+        except VoiceError as exc:
+            log = logging.getLogger("voice.node")
+            log.warning("mock agent %s not started: %s", settings.mock_agent, exc.detail)
+            return None
+
     async def aclose(self) -> None:
+        if self.mock_agent is not None:
+            await self.mock_agent.stop()
+        await self.whatsapp.aclose()
         await self.sessions.shutdown(grace=0)
         await self.registry.stop()
         await self.store.aclose()

@@ -5,6 +5,11 @@ part: limits on admission (per node, per org), ``call.started`` to the agent, id
 maximum-duration watchdogs, and exactly one ``call.ended {reason, duration_seconds}`` however
 the session ends (hangup, peer gone, timeout, agent offline, shutdown). A session that is not
 admitted leaves nothing behind.
+
+Admission in two steps: a transport that must do slow work between "is there room?" and
+"admit" (consume a token, look the agent up) takes a :class:`Reservation` first. The
+reservation holds a slot, so two sessions racing for the last one cannot both pass the check
+and then one of them fail after its token was already spent.
 """
 
 from __future__ import annotations
@@ -76,6 +81,17 @@ class Session:
             "metadata": self.metadata,
         }
 
+    def ended_frames(self, reason: str, duration_seconds: float) -> list[dict[str, Any]]:
+        """What the agent gets when the session ends (subclasses may add transport events)."""
+        return [
+            {
+                "event": "call.ended",
+                "call_id": self.call_id,
+                "reason": reason,
+                "duration_seconds": duration_seconds,
+            }
+        ]
+
     async def send_to_agent(self, frame: Mapping[str, Any]) -> bool:
         """A per-call event to the agent (``call_id`` added)."""
         if self.manager is None:
@@ -114,6 +130,27 @@ class Session:
             await self.manager.end(self, reason)
 
 
+class Reservation:
+    """One session slot held for ``org_id`` until :meth:`SessionManager.start` uses it or it is
+    released. Use it as a context manager: leaving the block releases an unused slot."""
+
+    def __init__(self, manager: SessionManager, org_id: str) -> None:
+        self.manager = manager
+        self.org_id = org_id
+        self.active = True
+
+    def release(self) -> None:
+        if self.active:
+            self.active = False
+            self.manager._unreserve(self.org_id)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class SessionManager:
     def __init__(
         self, registry: AgentRegistry, calls: CallRouter, limits: SessionLimits, clock: Clock = time.monotonic
@@ -125,6 +162,7 @@ class SessionManager:
         self._live: dict[str, Session] = {}
         self._per_org: Counter[str] = Counter()
         self._watchdogs: dict[str, asyncio.Task[None]] = {}
+        self._reserved: Counter[str] = Counter()  # org -> slots held by reservations
         self.accepting = True
 
     def __len__(self) -> int:
@@ -137,19 +175,40 @@ class SessionManager:
         return Counter(s.transport for s in self._live.values())
 
     def check_capacity(self, org_id: str) -> None:
-        """Refuse before any resource is taken (call before consuming a token or building a peer)."""
+        """Refuse before any resource is taken (call before consuming a token or building a peer).
+
+        Live sessions and held reservations both count."""
         if not self.accepting:
             raise CapacityExceeded("This server is shutting down; reconnect to start a new session")
-        if len(self._live) >= self.limits.max_sessions:
+        if len(self._live) + self._reserved.total() >= self.limits.max_sessions:
             raise CapacityExceeded(f"This server is at its session limit ({self.limits.max_sessions})")
-        if self._per_org[org_id] >= self.limits.max_sessions_per_org:
+        if self._per_org[org_id] + self._reserved[org_id] >= self.limits.max_sessions_per_org:
             raise CapacityExceeded(
                 f"Your organisation is at its session limit ({self.limits.max_sessions_per_org})"
             )
 
-    async def start(self, session: Session) -> None:
-        """Admit ``session``: register it, tell its agent (``call.started``), arm the watchdogs."""
-        self.check_capacity(session.org_id)
+    def reserve(self, org_id: str) -> Reservation:
+        """Hold a slot for ``org_id`` (CapacityExceeded if there is none) until ``start`` uses it."""
+        self.check_capacity(org_id)
+        self._reserved[org_id] += 1
+        return Reservation(self, org_id)
+
+    def _unreserve(self, org_id: str) -> None:
+        self._reserved[org_id] -= 1
+        if self._reserved[org_id] <= 0:
+            del self._reserved[org_id]
+
+    async def start(self, session: Session, reservation: Reservation | None = None) -> None:
+        """Admit ``session``: register it, tell its agent (``call.started``), arm the watchdogs.
+
+        With an active ``reservation`` for the session's org the slot it holds is used and the
+        capacity is not checked again; without one, CapacityExceeded when there is no room."""
+        if reservation is not None and reservation.active and reservation.org_id == session.org_id:
+            reservation.release()
+            if not self.accepting:
+                raise CapacityExceeded("This server is shutting down; reconnect to start a new session")
+        else:
+            self.check_capacity(session.org_id)
         session.manager = self
         self._live[session.call_id] = session
         self._per_org[session.org_id] += 1
@@ -185,16 +244,8 @@ class SessionManager:
             log.exception("closing the transport of %s failed", session.call_id)
         duration = round(time.monotonic() - session.started_at, 3)
         with contextlib.suppress(Exception):
-            await self.registry.send(
-                session.org_id,
-                session.agent_id,
-                {
-                    "event": "call.ended",
-                    "call_id": session.call_id,
-                    "reason": reason,
-                    "duration_seconds": duration,
-                },
-            )
+            for frame in session.ended_frames(reason, duration):
+                await self.registry.send(session.org_id, session.agent_id, frame)
         session.ended.set()
         event(log, "session ended", call_id=session.call_id, reason=reason, duration_seconds=duration)
 

@@ -12,11 +12,12 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from server.errors import VoiceError
+from server.realtime.chat_ws import chat_endpoint
 from server.realtime.client_ws import client_endpoint
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
-from server.web import agents, errors, health, tokens
+from server.web import agents, errors, health, tokens, whatsapp
 from server.web.middleware import AccessLog, CleanPath
 
 log = logging.getLogger("voice.app")
@@ -39,7 +40,9 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
 
     routes: list[BaseRoute] = [
         *tokens.routes(),
+        *whatsapp.routes(),
         WebSocketRoute("/client", client_endpoint),
+        WebSocketRoute("/chat/ws", chat_endpoint),
         Route("/api/sdk/agent-info/{agent}", agents.agent_info),
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),

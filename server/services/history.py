@@ -1,0 +1,202 @@
+"""Conversation history of a session, and the SDK's ``history.*`` commands on it.
+
+A chat opened with ``thread=<id>`` keeps its messages in the shared store under a key scoped
+by org, agent and thread, so a reconnect with a fresh token (on any node) gets them back as
+``chat.history`` (CONTRACT §4). A session without a thread keeps them in memory for its life.
+
+The SDK's ``call.getHistory()``, ``setHistory()``, ``setPromptVars()``, ``addContext()`` and
+``setPrompt()`` await ``history.data`` / ``history.updated`` with no timeout (research notes,
+pinecall/sdk ``domain/call.ts``), so every ``history.*`` command gets exactly one answer, an
+``error`` frame included when the command is malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from server.core.wire import error_frame
+from server.errors import BadRequest
+from server.store.base import MessageStore
+
+MAX_MESSAGES = 200  # per thread / session; older ones are dropped first
+MAX_MESSAGE_CHARS = 16_000
+_THREAD = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+HISTORY_COMMANDS = frozenset(
+    {
+        "history.get",
+        "history.add",
+        "history.set",
+        "history.clear",
+        "history.set_vars",
+        "history.add_context",
+        "history.set_instructions",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str  # "user" | "assistant" (the SDK's names; the browser shows anything else as the bot)
+    text: str
+
+    def to_json(self) -> str:
+        return json.dumps({"role": self.role, "text": self.text}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> Message | None:
+        try:
+            data = json.loads(raw)
+            return cls(str(data["role"]), str(data["text"]))
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged entry is skipped, never fatal to a reconnect
+
+
+def valid_thread(thread: str) -> bool:
+    """1-128 characters of letters, digits and ``_ . : -`` (it becomes part of a store key)."""
+    return bool(_THREAD.match(thread))
+
+
+def thread_key(org_id: str, agent_id: str, thread: str) -> str:
+    # Agent slugs and thread ids contain no "/", so the key cannot be read two ways.
+    return f"chat:{org_id}/{agent_id}/{thread}"
+
+
+class History(Protocol):
+    async def read(self) -> list[Message]: ...
+
+    async def append(self, messages: Sequence[Message]) -> int:
+        """Add at the end; returns how many messages the history now holds."""
+        ...
+
+    async def replace(self, messages: Sequence[Message]) -> int: ...
+
+
+class LocalHistory:
+    """One session's messages, in memory (a chat without a thread, a WebRTC call)."""
+
+    def __init__(self, max_items: int = MAX_MESSAGES) -> None:
+        self._items: list[Message] = []
+        self._max = max_items
+
+    async def read(self) -> list[Message]:
+        return list(self._items)
+
+    async def append(self, messages: Sequence[Message]) -> int:
+        self._items = [*self._items, *messages][-self._max :]
+        return len(self._items)
+
+    async def replace(self, messages: Sequence[Message]) -> int:
+        self._items = list(messages)[-self._max :]
+        return len(self._items)
+
+
+class StoredHistory:
+    """A thread's messages in the shared store: bounded, expiring ``ttl`` after the last write."""
+
+    def __init__(self, store: MessageStore, key: str, ttl: float, max_items: int = MAX_MESSAGES) -> None:
+        self._store = store
+        self._key = key
+        self._ttl = ttl
+        self._max = max_items
+
+    async def read(self) -> list[Message]:
+        found = (Message.from_json(raw) for raw in await self._store.read_list(self._key))
+        return [m for m in found if m is not None]
+
+    async def append(self, messages: Sequence[Message]) -> int:
+        for message in messages:
+            await self._store.append(self._key, message.to_json(), self._max, self._ttl)
+        return len(await self._store.read_list(self._key))
+
+    async def replace(self, messages: Sequence[Message]) -> int:
+        await self._store.pop_list(self._key)
+        return await self.append(list(messages)[-self._max :]) if messages else 0
+
+
+def parse_messages(raw: object) -> list[Message]:
+    """``messages`` of ``history.add`` / ``history.set``: ``[{role, content | text}]``."""
+    if not isinstance(raw, list):
+        raise BadRequest("'messages' must be a list of {role, content} objects")
+    if len(raw) > MAX_MESSAGES:
+        raise BadRequest(f"at most {MAX_MESSAGES} messages")
+    parsed = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            raise BadRequest(f"messages[{index}] must be an object")
+        role, text = item.get("role"), item.get("content", item.get("text"))
+        if not isinstance(role, str) or not 0 < len(role) <= 32:
+            raise BadRequest(f"messages[{index}].role must be a short string")
+        if not isinstance(text, str) or len(text) > MAX_MESSAGE_CHARS:
+            raise BadRequest(f"messages[{index}].content must be a string of at most {MAX_MESSAGE_CHARS}")
+        parsed.append(Message(role, text))
+    return parsed
+
+
+def _wire(messages: Sequence[Message]) -> list[dict[str, str]]:
+    # The SDK reads {role, content}; the browser reads {role, text}: both are sent.
+    return [{"role": m.role, "content": m.text, "text": m.text} for m in messages]
+
+
+@dataclass
+class Memory:
+    """What the agent's ``history.*`` commands act on for one session."""
+
+    history: History
+    prompt_vars: dict[str, str] = field(default_factory=dict)
+    context: list[str] = field(default_factory=list)
+    instructions: str | None = None
+
+    async def answer(self, frame: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The frames for the agent: the answer, or an ``error`` plus a neutral answer, since
+        the SDK's promise waits for the answer by event name whatever happens."""
+        try:
+            return [await self.command(frame)]
+        except BadRequest as exc:
+            fallback: dict[str, Any] = (
+                {"event": "history.data", "messages": _wire(await self.history.read())}
+                if frame.get("event") == "history.get"
+                else {"event": "history.updated", "count": len(await self.history.read())}
+            )
+            return [error_frame(exc.detail, exc.frame_code), fallback]
+
+    async def command(self, frame: Mapping[str, Any]) -> dict[str, Any]:
+        """The answer to one ``history.*`` command (``history.data`` or ``history.updated``).
+
+        ``count`` is the number of messages the history holds after the command, for every
+        command (the SDK returns it from each call)."""
+        name = frame.get("event")
+        if name == "history.get":
+            return {"event": "history.data", "messages": _wire(await self.history.read())}
+        if name == "history.add":
+            count = await self.history.append(parse_messages(frame.get("messages")))
+        elif name == "history.set":
+            count = await self.history.replace(parse_messages(frame.get("messages")))
+        elif name == "history.clear":
+            count = await self.history.replace([])
+        else:
+            self._apply(str(name), frame)
+            count = len(await self.history.read())
+        return {"event": "history.updated", "count": count}
+
+    def _apply(self, name: str, frame: Mapping[str, Any]) -> None:
+        if name == "history.set_vars":
+            values = frame.get("vars")
+            if not isinstance(values, Mapping) or len(values) > 100:
+                raise BadRequest("'vars' must be an object of at most 100 entries")
+            self.prompt_vars.update({str(k)[:128]: str(v)[:MAX_MESSAGE_CHARS] for k, v in values.items()})
+        elif name == "history.add_context":
+            text = frame.get("text")
+            if not isinstance(text, str) or len(text) > MAX_MESSAGE_CHARS:
+                raise BadRequest(f"'text' must be a string of at most {MAX_MESSAGE_CHARS} characters")
+            self.context = [*self.context, text][-MAX_MESSAGES:]
+        elif name == "history.set_instructions":
+            prompt = frame.get("prompt")
+            if not isinstance(prompt, str) or len(prompt) > 4 * MAX_MESSAGE_CHARS:
+                raise BadRequest("'prompt' must be a string")
+            self.instructions = prompt
+        else:
+            raise BadRequest(f"unknown history command {name!r}")

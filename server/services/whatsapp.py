@@ -1,0 +1,387 @@
+"""WhatsApp webhooks: verification, routing, dedupe and queueing (CONTRACT §7).
+
+**Subscription check (GET).** A verify token is good when it equals (constant time) the
+server-wide ``VOICE_WHATSAPP_VERIFY_TOKEN``, the ``verifyToken`` of a WhatsApp channel of an agent
+on this node, or one on another node: every node publishes its agents' verify tokens in the
+store as ``wa-verify:<sha256(token)>`` -> agent (the digest, never the token), refreshed with the
+agent heartbeat, and the GET re-checks the token against that agent's channel.
+
+**Signatures (POST).** The JSON is parsed only to route; the signature is checked over the raw
+bytes. Each phone number id named in the body brings its secret set: its channel's
+``appSecret`` (when its agent is online) plus the server-wide ``VOICE_WHATSAPP_APP_SECRET`` list.
+The body must verify against **every** non-empty set (one body, one signature: a body naming
+two numbers is accepted only if it is signed with a secret each of them trusts). When some
+number has no secret at all, ``VOICE_WHATSAPP_REQUIRE_SIGNATURE`` decides: refuse (403
+``signature_required``, Meta retries later) or accept with a loud warning and a counter.
+Nothing from a refused body reaches an agent, the store or the queue.
+
+**Delivery.** Meta retries: every message and status is deduplicated by its id in the store.
+The agent's node takes the conversation (:mod:`server.services.whatsapp_sessions`); a webhook
+that lands on another node is relayed on the store bus (``wa:node:<node_id>``). A message for a
+number with no agent online is queued in the store (bounded, with a TTL) and delivered when an
+agent registers that number again; statuses for an offline agent are dropped.
+
+**Channel watcher.** Agents add channels after ``agent.created``, and the registry has no channel
+hook, so a small loop looks at this node's agents every half second: a WhatsApp channel that
+appears gets its verify-token index and ``wa-owner:<number>`` claimed and its queue drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from server.core.whatsapp import (
+    InboundMessage,
+    Reason,
+    SignatureRequired,
+    VerifyTokenInvalid,
+    WebhookEvent,
+    channel_secrets,
+    event_from_dict,
+    parse_webhook,
+    phone_number_ids,
+    safe_challenge,
+    token_digest,
+    token_matches,
+    verify_signature,
+)
+from server.errors import AgentNotOnline, BadRequest, SignatureError
+from server.log import event
+from server.services.agents import AgentRegistry
+from server.services.calls import CallRouter
+from server.services.whatsapp_sessions import Conversations, GraphClient
+from server.settings import Settings
+from server.store import Store
+from server.store.base import AgentRecord, agent_key
+
+log = logging.getLogger("voice.whatsapp")
+Clock = Callable[[], float]
+DEDUPE_SECONDS = 7 * 86400  # Meta retries a failed delivery for up to 7 days
+MAX_NUMBERS = 64  # distinct phone number ids one body may name (each costs a store lookup)
+WATCH_SECONDS = 0.5
+UNSIGNED_WARNING = (
+    "accepting an UNSIGNED WhatsApp webhook: no app secret is configured for this number, so anyone "
+    "who finds your endpoint URL can inject fake messages. Set the channel's appSecret or "
+    "VOICE_WHATSAPP_APP_SECRET, and VOICE_WHATSAPP_REQUIRE_SIGNATURE=1"
+)
+
+
+def _channel(record: AgentRecord | None, pnid: str) -> Mapping[str, Any] | None:
+    return record.channels.get(f"whatsapp:{pnid}") if record is not None else None
+
+
+def _short(text: str) -> str:
+    """Store keys from ids Meta sends: as they are when short, a digest when long."""
+    return text if len(text) <= 128 else hashlib.sha256(text.encode()).hexdigest()
+
+
+def _seen_key(ev: WebhookEvent) -> str:
+    kind = "m" if isinstance(ev, InboundMessage) else f"s:{_short(ev.status)}"
+    return f"wa:seen:{kind}:{_short(ev.phone_number_id)}:{_short(ev.message_id)}"
+
+
+class WhatsAppService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: AgentRegistry,
+        calls: CallRouter,
+        clock: Clock = time.time,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self._http = http or httpx.AsyncClient(timeout=10.0, follow_redirects=False)
+        self._own_http = http is None
+        graph = GraphClient(settings.whatsapp_graph_url, self._http)
+        self.conversations = Conversations(
+            registry, calls, graph, settings.whatsapp_session_idle_seconds, clock
+        )
+        self.unsigned_accepted = 0  # webhooks let in without a signature (until metrics exist)
+        self.refused: Counter[str] = Counter()  # refusals by reason
+        self.duplicates = 0
+        self._known: dict[tuple[str, str], str] = {}  # (agent key, number) -> verify-token digest
+        self._refreshed = 0.0
+        self._clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+
+    @property
+    def _bus(self) -> str:
+        return "wa:node:" + self.settings.node_id
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="wa-watch"),
+            asyncio.create_task(self._listen(), name="wa-bus"),
+            asyncio.create_task(self._reap(), name="wa-reap"),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.conversations.aclose()
+        if self._own_http:
+            await self._http.aclose()
+
+    # -- GET: Meta's subscription check ------------------------------------------------------
+    async def verify_subscription(self, mode: str | None, token: str | None, challenge: str | None) -> str:
+        if mode != "subscribe" or not token:
+            raise VerifyTokenInvalid("hub.mode must be 'subscribe' with a hub.verify_token")
+        echo = safe_challenge(challenge)
+        if echo is None:
+            raise BadRequest("hub.challenge must be 1 to 256 letters, digits, '.', '_' or '-'")
+        local = [
+            str(ch.get("verifyToken") or "")
+            for record in self.registry.local_agents()
+            for ch in record.channels.values()
+            if ch.get("type") == "whatsapp"
+        ]
+        if token_matches(token, [self.settings.whatsapp_verify_token, *local]):
+            return echo
+        holder = await self.store.lookup_name("wa-verify:" + token_digest(token))
+        if holder is not None:
+            org_id, _, agent_id = holder.partition("/")
+            with contextlib.suppress(AgentNotOnline):
+                record = await self.registry.find(org_id, agent_id)
+                remote = [str(ch.get("verifyToken") or "") for ch in record.channels.values()]
+                if token_matches(token, remote):
+                    return echo
+        event(log, "whatsapp subscription check refused: unknown verify token", logging.WARNING)
+        raise VerifyTokenInvalid("hub.verify_token does not match any registered WhatsApp channel")
+
+    # -- POST: a webhook ---------------------------------------------------------------------
+    async def receive(self, body: bytes, signature: str | None) -> int:
+        """Verify and route one webhook body; how many new events it carried. Raises to refuse."""
+        try:
+            payload: Any = json.loads(body)
+        except ValueError:
+            payload = None
+        numbers = phone_number_ids(payload)
+        if len(numbers) > MAX_NUMBERS:
+            raise BadRequest(f"a webhook may name at most {MAX_NUMBERS} phone numbers")
+        owners = {pnid: await self.registry.find_channel("whatsapp", pnid) for pnid in numbers}
+        server = self.settings.whatsapp_app_secrets
+        sets = [channel_secrets(_channel(owners[p], p)) + server for p in numbers] or [server]
+        self._check(body, signature, sets, numbers)
+        if payload is None:
+            event(
+                log,
+                "whatsapp webhook is not JSON (signature ok); answered 200",
+                logging.ERROR,
+                bytes=len(body),
+            )
+            return 0
+        accepted = 0
+        for ev in parse_webhook(payload):
+            accepted += await self._accept(ev, owners.get(ev.phone_number_id))
+        return accepted
+
+    def _check(
+        self, body: bytes, signature: str | None, sets: list[tuple[str, ...]], numbers: list[str]
+    ) -> None:
+        for secrets in sets:
+            if not secrets:
+                continue
+            verdict = verify_signature(body, signature, secrets)
+            if not verdict.ok:
+                self.refused[verdict.reason.value] += 1
+                why = verdict.reason.value + (f" ({verdict.detail})" if verdict.detail else "")
+                event(
+                    log,
+                    f"whatsapp webhook refused: X-Hub-Signature-256 {why}",
+                    logging.WARNING,
+                    reason=verdict.reason.value,
+                    phone_number_ids=numbers,
+                    secrets_tried=len(secrets),
+                )
+                raise SignatureError(f"X-Hub-Signature-256 did not verify: {why}")
+        if all(sets):
+            return
+        if self.settings.whatsapp_require_signature:
+            self.refused[Reason.NO_SECRET.value] += 1
+            event(
+                log,
+                "whatsapp webhook refused: no app secret known for this number and signatures are required",
+                logging.WARNING,
+                phone_number_ids=numbers,
+            )
+            raise SignatureRequired(
+                "No app secret is known for this phone number (is its agent online?) and "
+                "VOICE_WHATSAPP_REQUIRE_SIGNATURE is on"
+            )
+        self.unsigned_accepted += 1
+        event(
+            log,
+            UNSIGNED_WARNING,
+            logging.WARNING,
+            phone_number_ids=numbers,
+            unsigned_total=self.unsigned_accepted,
+        )
+
+    async def _accept(self, ev: WebhookEvent, owner: AgentRecord | None) -> int:
+        if not await self.store.first_time(_seen_key(ev), DEDUPE_SECONDS):
+            self.duplicates += 1
+            return 0
+        if owner is None:
+            await self._park(ev)
+        else:
+            await self._deliver(owner, ev)
+        return 1
+
+    async def _deliver(self, owner: AgentRecord, ev: WebhookEvent) -> None:
+        """To the owner's node: here directly, elsewhere over the bus; parked if nobody takes it."""
+        if owner.node_id == self.settings.node_id:
+            if not await self._hand(owner.org_id, owner.agent_id, ev):
+                await self._park(ev)
+            return
+        message = json.dumps({"org_id": owner.org_id, "agent_id": owner.agent_id, "event": ev.to_dict()})
+        if await self.store.publish("wa:node:" + owner.node_id, message) == 0:
+            await self._park(ev)
+
+    async def _hand(self, org_id: str, agent_id: str, ev: WebhookEvent) -> bool:
+        if isinstance(ev, InboundMessage):
+            return await self.conversations.message(org_id, agent_id, ev)
+        return await self.conversations.status(org_id, agent_id, ev)
+
+    async def _park(self, ev: WebhookEvent) -> None:
+        """Keep a message for an offline number; it goes to the next agent that registers it."""
+        if not isinstance(ev, InboundMessage):
+            event(log, "whatsapp status dropped: no agent online", status=ev.status)
+            return
+        owner = await self.store.lookup_name("wa-owner:" + ev.phone_number_id) or ""
+        item = json.dumps({"owner": owner, "event": ev.to_dict()})
+        settings = self.settings
+        await self.store.append(
+            "wa:q:" + ev.phone_number_id, item, settings.whatsapp_queue_max, settings.whatsapp_queue_ttl
+        )
+        event(log, "whatsapp message queued: no agent online", phone_number_id=ev.phone_number_id)
+        # An agent may have taken the number while we queued: have its node drain now.
+        record = await self.registry.find_channel("whatsapp", ev.phone_number_id)
+        if record is not None:
+            if record.node_id == self.settings.node_id:
+                await self.drain(record, ev.phone_number_id)
+            else:
+                await self.store.publish(
+                    "wa:node:" + record.node_id, json.dumps({"drain": ev.phone_number_id})
+                )
+
+    async def drain(self, record: AgentRecord, pnid: str) -> int:
+        """Deliver what was queued for ``pnid`` to ``record``'s agent (on this node)."""
+        items = await self.store.pop_list("wa:q:" + pnid)
+        me = agent_key(record.org_id, record.agent_id)
+        delivered = 0
+        for index, raw in enumerate(items):
+            item = json.loads(raw)
+            if item["owner"] not in ("", me):  # queued while another agent held the number
+                event(log, "whatsapp queued message dropped: the number changed hands", phone_number_id=pnid)
+                continue
+            if not await self._hand(record.org_id, record.agent_id, event_from_dict(item["event"])):
+                for rest in items[index:]:  # the agent left again: keep the rest
+                    await self.store.append(
+                        "wa:q:" + pnid,
+                        rest,
+                        self.settings.whatsapp_queue_max,
+                        self.settings.whatsapp_queue_ttl,
+                    )
+                break
+            delivered += 1
+        return delivered
+
+    # -- hooks and loops ---------------------------------------------------------------------
+    async def agent_online(self, record: AgentRecord) -> None:
+        self._wake.set()
+
+    async def agent_offline(self, record: AgentRecord) -> None:
+        await self.conversations.agent_offline(record.org_id, record.agent_id)
+        self._wake.set()
+
+    async def sync(self) -> None:
+        """Claim indexes for this node's WhatsApp channels, drain new ones, release gone ones."""
+        current: dict[tuple[str, str], tuple[AgentRecord, str]] = {}
+        for record in self.registry.local_agents():
+            for ch in record.channels.values():
+                if ch.get("type") == "whatsapp" and ch.get("ref"):
+                    verify = ch.get("verifyToken")
+                    digest = token_digest(verify) if isinstance(verify, str) and verify else ""
+                    current[(agent_key(record.org_id, record.agent_id), str(ch["ref"]))] = (record, digest)
+        ttl = self.settings.agent_heartbeat_ttl
+        for pair, digest in list(self._known.items()):
+            if pair not in current or current[pair][1] != digest:
+                del self._known[pair]
+                if digest:
+                    await self.store.release_name("wa-verify:" + digest, pair[0])
+        refresh = self._clock() - self._refreshed >= ttl / 3
+        if refresh:
+            self._refreshed = self._clock()
+        for pair, (record, digest) in current.items():
+            new = pair not in self._known
+            if not (new or refresh):
+                continue
+            if digest:
+                await self.store.claim_name("wa-verify:" + digest, pair[0], ttl)
+            if new:
+                await self._claim_owner(pair[1], pair[0])
+                await self.drain(record, pair[1])
+                self._known[pair] = digest  # only now: a failure above is retried on the next tick
+
+    async def _claim_owner(self, pnid: str, key: str) -> None:
+        name, ttl = "wa-owner:" + pnid, self.settings.whatsapp_queue_ttl
+        holder = await self.store.claim_name(name, key, ttl)
+        if holder is not None:  # the number changed hands: the new holder is the owner now
+            await self.store.release_name(name, holder)
+            await self.store.claim_name(name, key, ttl)
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), WATCH_SECONDS)
+            self._wake.clear()
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("whatsapp channel sync failed; retrying")
+
+    async def _listen(self) -> None:
+        """Webhooks relayed from other nodes for agents on this one."""
+        while True:
+            try:
+                async for raw in self.store.subscribe(self._bus):
+                    await self._relayed(json.loads(raw))
+            except Exception:
+                log.exception("whatsapp bus listener failed; resubscribing")
+            await asyncio.sleep(1.0)
+
+    async def _relayed(self, message: Mapping[str, Any]) -> None:
+        if "drain" in message:
+            self._wake.set()
+            pnid = str(message["drain"])
+            record = await self.registry.find_channel("whatsapp", pnid)
+            if record is not None and record.node_id == self.settings.node_id:
+                await self.drain(record, pnid)
+            return
+        ev = event_from_dict(message["event"])
+        if not await self._hand(str(message["org_id"]), str(message["agent_id"]), ev):
+            await self._park(ev)
+
+    async def _reap(self) -> None:
+        interval = min(30.0, self.settings.whatsapp_session_idle_seconds / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.conversations.sweep()
+            except Exception:
+                log.exception("whatsapp session sweep failed")
