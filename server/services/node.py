@@ -35,6 +35,8 @@ class Node:
     draining: bool = False
     connections: set[Any] = field(default_factory=set)  # live /client sockets
     on_agent_offline: list[Callable[[AgentRecord], Awaitable[None]]] = field(default_factory=list)
+    # Run at shutdown after every session has ended (e.g. close WebRTC peers still mid-offer).
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     mock_agent: MockAgent | None = None  # VOICE_MOCK_AGENT (dev mode: agent "demo")
     whatsapp: WhatsAppService = field(init=False)  # webhooks and conversations (CONTRACT §7)
 
@@ -89,5 +91,7 @@ class Node:
             await self.mock_agent.stop()
         await self.whatsapp.aclose()
         await self.sessions.shutdown(grace=0)
+        for hook in self.on_shutdown:
+            await hook()
         await self.registry.stop()
         await self.store.aclose()

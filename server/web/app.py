@@ -17,7 +17,7 @@ from server.realtime.client_ws import client_endpoint
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
-from server.web import agents, errors, health, tokens, whatsapp
+from server.web import agents, demo, errors, health, tokens, webrtc_http, whatsapp
 from server.web.middleware import AccessLog, CleanPath
 
 log = logging.getLogger("voice.app")
@@ -31,6 +31,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         node = await Node.open(settings, store)
         app.state.node = node
+        webrtc_http.install(app, node)
         try:
             if on_ready is not None:
                 await on_ready(node)
@@ -40,6 +41,8 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
 
     routes: list[BaseRoute] = [
         *tokens.routes(),
+        *webrtc_http.routes(),
+        *demo.routes(),
         *whatsapp.routes(),
         WebSocketRoute("/client", client_endpoint),
         WebSocketRoute("/chat/ws", chat_endpoint),
