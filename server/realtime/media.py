@@ -41,8 +41,8 @@ def voice_table(sample_rate: int = SAMPLE_RATE) -> bytes:
     for n in range(sample_rate):
         t = n / sample_rate
         tone = sum(w * math.sin(2 * math.pi * fundamental * k * t) for k, w in harmonics) / norm
-        # Syllables: the envelope swings between 20 % and 100 % four times a second.
-        envelope = 0.6 - 0.4 * math.cos(2 * math.pi * syllables * t)
+        # Syllables: the envelope swings between 100 % and 20 % four times a second.
+        envelope = 0.6 + 0.4 * math.cos(2 * math.pi * syllables * t)
         samples.append(int(peak * envelope * tone))
     return samples.tobytes()
 
