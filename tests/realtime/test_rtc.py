@@ -195,7 +195,7 @@ async def test_microphone_energy_becomes_speech_events(
 
 
 async def test_reused_token_is_spent(http: httpx.AsyncClient, agent: tuple[SdkClient, str]) -> None:
-    sdk, name = agent
+    _sdk, name = agent
     token = await mint(http, name)
     first, second = BrowserPeer(), BrowserPeer()
     try:
@@ -209,7 +209,7 @@ async def test_reused_token_is_spent(http: httpx.AsyncClient, agent: tuple[SdkCl
 
 
 async def test_chat_token_is_refused_on_offer(http: httpx.AsyncClient, agent: tuple[SdkClient, str]) -> None:
-    sdk, name = agent
+    _sdk, name = agent
     peer = BrowserPeer()
     try:
         response, body = await peer.connect(http, await mint(http, name, channel="chat"))
@@ -222,7 +222,7 @@ async def test_malformed_sdp_is_refused_without_peer_or_spending_the_token(
     http: httpx.AsyncClient, agent: tuple[SdkClient, str]
 ) -> None:
     """Bad SDP → 400 bad_request, no peer left behind, and the token still opens a session."""
-    sdk, name = agent
+    _sdk, name = agent
     token = await mint(http, name)
     before = await wait_counts(http, 0)
     for sdp in ("garbage", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "v=0\r\ns=-\r\n"):
