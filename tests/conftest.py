@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis import Redis
 
-from server.store import MemoryStore, RedisStore, Store, redis_client
-from tests.support.procs import RedisProcess, start_redis
+from server.store import MemoryStore, Store, open_store
+from tests.support.procs import RedisCluster, RedisProcess, RedisSentinel, start_cluster, start_redis, start_sentinel
 
 
 @pytest.fixture(scope="session")
@@ -44,15 +44,41 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinel]:
+    sentinel = start_sentinel()
+    yield sentinel
+    sentinel.stop()
+
+
+def _flush(ports: list[int]) -> None:
+    for port in ports:
+        with Redis(host="127.0.0.1", port=port) as client:
+            client.flushall()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """The same suite runs on the embedded store and on a real redis-server."""
+    """The same suite runs on the embedded store, a real redis-server, a 3-master Redis Cluster
+    and a Sentinel-managed master (all started from the same redis-server binary)."""
     if request.param == "memory":
-        memory = MemoryStore()
-        yield memory
-        await memory.aclose()
+        opened: Store = MemoryStore()
+    elif request.param == "redis":
+        opened = open_store(request.getfixturevalue("redis_url"))
+    elif request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        _flush([n.port for n in cluster.nodes])
+        opened = open_store(cluster.url)
     else:
-        url: str = request.getfixturevalue("redis_url")
-        redis_store = RedisStore(redis_client(url), url)
-        yield redis_store
-        await redis_store.aclose()
+        sentinel: RedisSentinel = request.getfixturevalue("redis_sentinel")
+        _flush([sentinel.master.port])
+        opened = open_store(sentinel.url)
+    yield opened
+    await opened.aclose()

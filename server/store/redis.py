@@ -8,9 +8,10 @@ Single use is one ``DEL`` (exactly one caller sees 1). Any connection failure be
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
@@ -18,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from server.core.apikeys import ApiKey, KeyKind
@@ -26,9 +28,11 @@ from server.errors import StoreUnavailable
 from server.store.base import AgentRecord, Hit, agent_key
 
 T = TypeVar("T")
+Client = Redis | RedisCluster
 PREFIX = "vs:"
+MAX_IN_FLIGHT = 48
 _DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ReadOnlyError, OSError)
-_SCRIPTS = ("hit", "claim_agent", "release_agent", "refresh_agent", "claim_name", "release_name", "pop_list")
+_SCRIPTS = ("claim_agent", "release_agent", "refresh_agent", "claim_name", "release_name", "pop_list")
 
 
 def _lua(name: str) -> str:
@@ -52,15 +56,25 @@ async def _guard() -> AsyncIterator[None]:
 class RedisStore:
     """``Store`` on a redis.asyncio client (standalone, Sentinel master or Cluster)."""
 
-    def __init__(self, client: Redis, url: str = "redis://") -> None:
+    def __init__(
+        self, client: Client, url: str = "redis://", bus: Redis | None = None, owned: Sequence[Redis] = ()
+    ) -> None:
         self.url = url
         self._redis = client
+        self._owned = list(owned)  # more clients to close with the store (Sentinel connections)
+        # Pub/sub: on a cluster, PUBLISH is broadcast to every shard, so one plain connection
+        # to any node serves; elsewhere the main client does.
+        if bus is None and isinstance(client, RedisCluster):
+            raise ValueError("a cluster store needs a bus client (a plain connection to one node)")
+        self._bus: Redis = bus if bus is not None else client  # type: ignore[assignment]
+        # Bounds commands in flight, so a burst queues here instead of exhausting the pool.
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(_lua(name)) for name in _SCRIPTS
         }
 
     async def _run(self, awaitable: Awaitable[T]) -> T:
-        async with _guard():
+        async with self._slots, _guard():
             return await awaitable
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
@@ -73,16 +87,11 @@ class RedisStore:
         if not active:
             await self._run(self._redis.set(key, 1, px=_ms(ttl)))
             return Verdict(True, 0)
-        # One round trip: every counter and the token write travel in one pipeline. A refused
-        # mint then deletes its token (a second round trip on the refused path only).
-        async with _guard(), self._redis.pipeline(transaction=False) as pipe:
-            for h in active:
-                await self._scripts["hit"](
-                    keys=[PREFIX + "rl:" + h.key], args=[window_ms(h.limit)], client=pipe
-                )
-            pipe.set(key, 1, px=_ms(ttl))
-            results = await pipe.execute()
-        verdict = _first_refusal(active, results[: len(active)])
+        # One round trip: every counter and the token write travel in one pipeline (on a
+        # cluster, fanned out to the owning shards in parallel). A refused mint then deletes
+        # its token: a second round trip on the refused path only.
+        results = await self._pipeline(active, lambda pipe: pipe.set(key, 1, px=_ms(ttl)))
+        verdict = _first_refusal(active, results)
         if not verdict.allowed:
             await self._run(self._redis.delete(key))
         return verdict
@@ -95,13 +104,22 @@ class RedisStore:
         active = [h for h in hits if h.limit.enabled]
         if not active:
             return Verdict(True, 0)
-        async with _guard(), self._redis.pipeline(transaction=False) as pipe:
-            for h in active:
-                await self._scripts["hit"](
-                    keys=[PREFIX + "rl:" + h.key], args=[window_ms(h.limit)], client=pipe
-                )
-            results = await pipe.execute()
-        return _first_refusal(active, results)
+        return _first_refusal(active, await self._pipeline(active))
+
+    async def _pipeline(self, hits: Sequence[Hit], extra: Callable[[Any], Any] | None = None) -> list[Any]:
+        """Fixed-window counters without Lua (cluster pipelines refuse scripts): ``INCR``, then
+        ``PEXPIRE ... NX`` (Redis ≥ 7.0) so only a new window gets its expiry, then ``PTTL``.
+        A crash between INCR and PEXPIRE is repaired by the next hit's ``NX``."""
+        async with self._slots, _guard(), self._redis.pipeline(transaction=False) as pipe:
+            for h in hits:
+                name = PREFIX + "rl:" + h.key
+                pipe.incr(name)
+                pipe.pexpire(name, window_ms(h.limit), nx=True)
+                pipe.pttl(name)
+            if extra is not None:
+                extra(pipe)
+            results: list[Any] = await pipe.execute()
+        return [(results[3 * i], results[3 * i + 2]) for i in range(len(hits))]
 
     # -- API keys --------------------------------------------------------------------------
     async def put_key(self, key: ApiKey, digest: str) -> None:
@@ -186,10 +204,10 @@ class RedisStore:
 
     # -- bus -------------------------------------------------------------------------------
     async def publish(self, channel: str, message: str) -> int:
-        return int(await self._run(self._redis.publish(PREFIX + "bus:" + channel, message)))
+        return int(await self._run(self._bus.publish(PREFIX + "bus:" + channel, message)))
 
     async def subscribe(self, channel: str) -> AsyncIterator[str]:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._bus.pubsub(ignore_subscribe_messages=True)
         try:
             async with _guard():
                 await pubsub.subscribe(PREFIX + "bus:" + channel)
@@ -209,6 +227,10 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+        if self._bus is not self._redis:
+            await self._bus.aclose()
+        for client in self._owned:
+            await client.aclose()
 
 
 def _first_refusal(hits: Sequence[Hit], results: Sequence[Any]) -> Verdict:

@@ -162,3 +162,106 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class RedisCluster:
+    """A 3-master Redis Cluster on free loopback ports, from the same redis-server binary."""
+
+    nodes: list[RedisProcess]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_cluster(masters: int = 3) -> RedisCluster:
+    nodes = []
+    for _ in range(masters):
+        port = free_port()
+        nodes.append(
+            start_redis(
+                port,
+                [
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{port}.conf",
+                    "--cluster-node-timeout", "2000",
+                    # The bus defaults to port + 10000, which overflows for high free ports.
+                    "--cluster-port", str(free_port()),
+                ],  # fmt: skip
+            )
+        )
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+    subprocess.run(  # noqa: S603
+        [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        states = [
+            subprocess.run(  # noqa: S603
+                [cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True, timeout=5
+            ).stdout
+            for n in nodes
+        ]
+        if all("cluster_state:ok" in s for s in states):
+            return RedisCluster(nodes)
+        time.sleep(0.1)
+    raise TimeoutError("the cluster did not reach cluster_state:ok")
+
+
+@dataclass
+class RedisSentinel:
+    """A master, a replica and one Sentinel (quorum 1) watching service ``mymaster``."""
+
+    master: RedisProcess
+    replica: RedisProcess
+    sentinel: RedisProcess
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/mymaster"
+
+    def stop(self) -> None:
+        for proc in (self.sentinel, self.replica, self.master):
+            proc.stop()
+
+
+def start_sentinel() -> RedisSentinel:
+    master = start_redis()
+    replica = start_redis(extra=["--replicaof", "127.0.0.1", str(master.port)])
+    workdir = tempfile.mkdtemp(prefix="voice-sentinel-")
+    port = free_port()
+    config = Path(workdir) / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds mymaster 1000\n"
+        "sentinel failover-timeout mymaster 5000\n"
+        "sentinel parallel-syncs mymaster 1\n"
+    )
+    proc = subprocess.Popen(  # noqa: S603
+        [redis_binary(), str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_port(port, proc=proc)
+    sentinel = RedisProcess(port, proc, workdir)
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the replica has synced and the sentinel knows it
+        info = subprocess.run(  # noqa: S603
+            [cli, "-p", str(replica.port), "info", "replication"], capture_output=True, text=True, timeout=5
+        ).stdout
+        replicas = subprocess.run(  # noqa: S603
+            [cli, "-p", str(port), "sentinel", "replicas", "mymaster"], capture_output=True, text=True, timeout=5
+        ).stdout
+        if "master_link_status:up" in info and str(replica.port) in replicas:
+            return RedisSentinel(master, replica, sentinel)
+        time.sleep(0.1)
+    raise TimeoutError("sentinel set-up did not settle")
