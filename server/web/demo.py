@@ -19,7 +19,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {"demo.js": "text/javascript", "demo.css": "text/css"}
 # Scripts and styles only from this server; fetches go to whatever voice server a token names.
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self' http: https: ws: wss:; media-src 'self' blob: mediastream:; "
     "base-uri 'none'; form-action 'none'"
 )
