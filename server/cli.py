@@ -154,7 +154,7 @@ def _with_keys(action: Callable[[KeyService], Awaitable[int]]) -> int:
     async def run() -> int:
         store = open_store(settings.store_url)
         try:
-            return await action(KeyService(store))
+            return await action(KeyService(store, bus=store))
         finally:
             await store.aclose()
 

@@ -57,6 +57,7 @@ class Settings:
     # Agents' /client sockets
     agent_heartbeat_ttl: float = 10.0
     max_agents_per_node: int = 10_000
+    cache_seconds: float = 1.0  # node-local copies of keys and agent records
     max_frame_bytes: int = 64 * 1024
     # Sessions
     ice_servers: tuple[Mapping[str, Any], ...] = ()
@@ -107,6 +108,7 @@ class Settings:
             "log_level": reader.get("VOICE_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             "log_format": reader.get("VOICE_LOG_FORMAT", _choice("json", "text"), "json"),
             "agent_heartbeat_ttl": reader.get("VOICE_AGENT_HEARTBEAT_TTL", _positive(float, 600), 10.0),
+            "cache_seconds": reader.get("VOICE_CACHE_SECONDS", _non_negative_float, 1.0),
             "max_agents_per_node": reader.get("VOICE_MAX_AGENTS", _positive(int, 1_000_000), 10_000),
             "ice_servers": reader.get("VOICE_ICE_SERVERS", _ice_servers, ()),
             "rtc_host_addresses": reader.get("VOICE_RTC_HOST_ADDRESSES", _addresses, ()),
@@ -219,6 +221,13 @@ def _positive(kind: Callable[[str], T], maximum: float) -> Callable[[str], T]:
         return value
 
     return parse
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 60:
+        raise ValueError(f"must be between 0 and 60, got {raw!r}")
+    return value
 
 
 def _choice(*options: str) -> Callable[[str], str]:

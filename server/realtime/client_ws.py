@@ -236,10 +236,7 @@ class _Session:
 
     async def call_command(self, frame: Frame) -> None:
         call_id = str(frame["call_id"])
-        handler = self.node.calls.get(call_id, self.connection.org_id)
-        if handler is None:
+        if not await self.node.deliver_command(self.connection.org_id, call_id, frame):
             await self.connection.send(
                 error_frame(f"No live call '{call_id[:128]}'", "CALL_NOT_FOUND", call_id=call_id[:128])
             )
-            return
-        await handler.on_agent_command(frame)

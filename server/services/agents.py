@@ -23,8 +23,10 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Protocol
 
+from server.core.cache import TtlCache
 from server.core.origins import OriginPattern, parse_patterns
-from server.errors import AgentInUse, AgentNotOnline, RegistrationError
+from server.errors import AgentInUse, AgentNotOnline, RegistrationError, VoiceError
+from server.services.relay import Relay
 from server.store.base import AgentRecord, AgentStore, agent_key
 
 log = logging.getLogger("voice.agents")
@@ -47,6 +49,7 @@ class RegistrySettings:
     node_id: str
     node_url: str
     heartbeat_ttl: float
+    cache_seconds: float = 1.0
 
 
 @lru_cache(maxsize=4096)
@@ -71,6 +74,10 @@ class AgentRegistry:
         self._local: dict[str, tuple[AgentConnection, AgentRecord]] = {}  # agent_key -> (socket, record)
         self._heartbeat: asyncio.Task[None] | None = None
         self.on_online: list[Callable[[AgentRecord], Any]] = []  # hooks (e.g. queued WhatsApp messages)
+        # Node-local copies of records for the mint path; never older than cache_seconds, and
+        # dropped on every node when an agent registers or goes offline anywhere.
+        self._cache: TtlCache[str, AgentRecord] = TtlCache(settings.cache_seconds)
+        self.relay: Relay | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,6 +136,7 @@ class AgentRegistry:
         if previous is not None and previous[1].allowed_origins and not record.allowed_origins:
             await self._store.release_name(public_name(agent_id), key)
         self._local[key] = (connection, record)
+        await self._changed(record)
         for hook in self.on_online:
             await hook(record)
         return record
@@ -157,7 +165,20 @@ class AgentRegistry:
         if holder is not None:
             raise AgentInUse(f"Agent '{record.agent_id}' is held by another session")
         self._local[agent_key(record.org_id, record.agent_id)] = (connection, record)
+        await self._changed(record)
         return record
+
+    async def _changed(self, record: AgentRecord) -> None:
+        """Drop every node's cached copy of ``record`` (best effort: the TTL bounds the rest)."""
+        key = agent_key(record.org_id, record.agent_id)
+        self.forget_cached(key)
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await self.relay.invalidate("agent", key)
+
+    def forget_cached(self, key: str) -> None:
+        self._cache.drop(key)
+        self._cache.drop("pub:" + key.partition("/")[2])
 
     async def configure(
         self, connection: AgentConnection, agent_id: str, config: Mapping[str, Any]
@@ -214,6 +235,7 @@ class AgentRegistry:
 
     async def _forget(self, record: AgentRecord) -> None:
         key = agent_key(record.org_id, record.agent_id)
+        await self._changed(record)
         with contextlib.suppress(Exception):  # the heartbeat TTL cleans up if the store is down
             await self._store.release_agent(record.org_id, record.agent_id, record.owner)
             if record.allowed_origins:
@@ -224,18 +246,26 @@ class AgentRegistry:
 
     # -- lookups (mint, webhooks, sessions) -----------------------------------------------
     async def find(self, org_id: str, agent_id: str, shown_as: str | None = None) -> AgentRecord:
-        record = await self._store.get_agent(org_id, agent_id)
+        key = agent_key(org_id, agent_id)
+        record = self._cache.get(key)
         if record is None:
-            raise AgentNotOnline(shown_as or agent_id)
+            record = await self._store.get_agent(org_id, agent_id)
+            if record is None:
+                raise AgentNotOnline(shown_as or agent_id)
+            self._cache.put(key, record)
         return record
 
     async def find_public(self, agent_id: str, shown_as: str | None = None) -> AgentRecord:
         """The agent published under ``agent_id`` by whichever org registered it with origins."""
+        cached = self._cache.get("pub:" + agent_id)
+        if cached is not None:
+            return cached
         key = await self._store.lookup_name(public_name(agent_id))
         if key is not None:
             org_id, _, _ = key.partition("/")
             record = await self._store.get_agent(org_id, agent_id)
             if record is not None:
+                self._cache.put("pub:" + agent_id, record)
                 return record
         raise AgentNotOnline(shown_as or agent_id)
 
@@ -251,6 +281,21 @@ class AgentRegistry:
         return entry[0] if entry else None
 
     async def send(self, org_id: str, agent_id: str, frame: Mapping[str, Any]) -> bool:
+        """Write ``frame`` to the agent's socket, on this node or relayed to its owner node
+        (CONTRACT §8); False when the agent is online nowhere."""
+        if await self.send_local(org_id, agent_id, frame):
+            return True
+        if self.relay is None:
+            return False
+        try:
+            record = await self._store.get_agent(org_id, agent_id)
+        except VoiceError:
+            return False
+        if record is None or record.node_id == self._settings.node_id:
+            return False
+        return await self.relay.to_agent(record.node_id, org_id, agent_id, frame)
+
+    async def send_local(self, org_id: str, agent_id: str, frame: Mapping[str, Any]) -> bool:
         """Write ``frame`` to the agent's socket if it is on this node; False otherwise."""
         connection = self.local_connection(org_id, agent_id)
         if connection is None:

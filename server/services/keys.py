@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 
 from server.core import apikeys
 from server.core.apikeys import ApiKey, KeyKind
+from server.core.cache import TtlCache
 from server.errors import BadRequest, InvalidApiKey
-from server.store.base import KeyStore
+from server.store.base import Bus, KeyStore
+
+INVALIDATE = "invalidate"  # the broadcast channel every node's Relay listens to
 
 Clock = Callable[[], float]
 TOUCH_EVERY = 60.0  # seconds between "last used" writes per key per node
 
 
 class KeyService:
-    def __init__(self, store: KeyStore, clock: Clock = time.time) -> None:
+    def __init__(
+        self, store: KeyStore, clock: Clock = time.time, cache_seconds: float = 1.0, bus: Bus | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._bus = bus
         self._touched: dict[str, float] = {}
+        # digest -> key: a node-local copy for the hot path, never older than cache_seconds and
+        # dropped on every node when a key is revoked (see Relay's "invalidate" channel).
+        self._cache: TtlCache[str, ApiKey] = TtlCache(cache_seconds)
         self._configured: dict[str, ApiKey] = {}  # digest -> key, from VOICE_API_KEYS
 
     async def create(
@@ -50,7 +60,11 @@ class KeyService:
             if kind is not None and key.kind is not kind:
                 raise InvalidApiKey("Invalid API key")
             return key
-        key = await self._store.key_by_digest(digest) if secret else None
+        key = self._cache.get(digest)
+        if key is None and secret:
+            key = await self._store.key_by_digest(digest)
+            if key is not None:
+                self._cache.put(digest, key)
         if key is None or not key.active or (kind is not None and key.kind is not kind):
             raise InvalidApiKey("Invalid API key")
         now = self._clock()
@@ -63,4 +77,12 @@ class KeyService:
         return await self._store.list_keys()
 
     async def revoke(self, key_id: str) -> ApiKey | None:
-        return await self._store.revoke_key(key_id, self._clock())
+        key = await self._store.revoke_key(key_id, self._clock())
+        self.forget(key_id)
+        if key is not None and self._bus is not None:
+            await self._bus.publish(INVALIDATE, json.dumps({"kind": "key", "key": key_id}))
+        return key
+
+    def forget(self, key_id: str) -> None:
+        """Drop the cached copy of ``key_id`` (an invalidation from any node)."""
+        self._cache.drop_where(lambda digest, key: key.key_id == key_id)

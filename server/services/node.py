@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from server.services.authority import Authority
 from server.services.calls import CallRouter
 from server.services.keys import KeyService
 from server.services.mock_agent import MockAgent
+from server.services.relay import Relay
 from server.services.sessions import SessionLimits, SessionManager
 from server.services.whatsapp import WhatsAppService
 from server.settings import Settings
@@ -31,6 +32,7 @@ class Node:
     registry: AgentRegistry
     calls: CallRouter
     sessions: SessionManager
+    relay: Relay
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     connections: set[Any] = field(default_factory=set)  # live /client sockets
@@ -43,11 +45,21 @@ class Node:
     @classmethod
     async def open(cls, settings: Settings, store: Store | None = None) -> Node:
         store = store if store is not None else open_store(settings.store_url)
-        keys = KeyService(store)
-        await keys.bootstrap(settings.bootstrap_keys)
+        keys = KeyService(store, cache_seconds=settings.cache_seconds, bus=store)
+        keys.configure(settings.bootstrap_keys)
         registry = AgentRegistry(
-            store, RegistrySettings(settings.node_id, settings.public_url, settings.agent_heartbeat_ttl)
+            store,
+            RegistrySettings(
+                settings.node_id, settings.public_url, settings.agent_heartbeat_ttl, settings.cache_seconds
+            ),
         )
+        relay = Relay(store, settings.node_id)
+        registry.relay = relay
+        relay.agent_sink = registry.send_local
+        relay.on_invalidate.append(
+            lambda kind, key: keys.forget(key) if kind == "key" else registry.forget_cached(key)
+        )
+        await relay.start()
         await registry.start()
         authority = Authority(TokenCodec(settings.token_secrets), store, settings.token_ttl)
         calls = CallRouter()
@@ -58,7 +70,8 @@ class Node:
             settings.session_idle_seconds,
         )
         sessions = SessionManager(registry, calls, limits)
-        node = cls(settings, store, keys, authority, registry, calls, sessions)
+        node = cls(settings, store, keys, authority, registry, calls, sessions, relay)
+        relay.call_sink = node.deliver_command
         node.on_agent_offline.append(sessions.agent_offline)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
         await node.whatsapp.start()
@@ -86,6 +99,14 @@ class Node:
             log.warning("mock agent %s not started: %s", settings.mock_agent, exc.detail)
             return None
 
+    async def deliver_command(self, org_id: str, call_id: str, frame: Mapping[str, Any]) -> bool:
+        """An agent's command for ``call_id``: to the session here, or relayed to its node."""
+        handler = self.calls.get(call_id, org_id)
+        if handler is not None:
+            await handler.on_agent_command(frame)
+            return True
+        return await self.relay.to_call(org_id, call_id, frame)
+
     async def aclose(self) -> None:
         if self.mock_agent is not None:
             await self.mock_agent.stop()
@@ -94,4 +115,5 @@ class Node:
         for hook in self.on_shutdown:
             await hook()
         await self.registry.stop()
+        await self.relay.stop()
         await self.store.aclose()
