@@ -301,3 +301,27 @@ async def test_idle_session_is_warned_then_timed_out() -> None:
             await sdk.close()
     finally:
         proc.stop()
+
+
+async def test_server_shutdown_closes_live_peers() -> None:
+    """SIGTERM with a session live: the server closes its peer (the browser side sees the
+    connection close instead of waiting for ICE to time out) and exits."""
+    proc = start_server(BASE_ENV)
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=15) as http:
+            sdk = await SdkClient.connect(proc.url, KEY)
+            await sdk.create_agent("doomed")
+            async with session(http, sdk, "doomed") as (peer, _):
+                gone = asyncio.Event()
+
+                @peer.pc.on("connectionstatechange")
+                def _changed() -> None:
+                    if peer.pc.connectionState in ("closed", "failed"):
+                        gone.set()
+
+                proc.proc.terminate()
+                await asyncio.wait_for(gone.wait(), 20)
+                assert peer.pc.connectionState == "closed"
+            await asyncio.to_thread(proc.proc.wait, 20)
+    finally:
+        proc.stop()
