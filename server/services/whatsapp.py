@@ -69,11 +69,19 @@ Clock = Callable[[], float]
 DEDUPE_SECONDS = 7 * 86400  # Meta retries a failed delivery for up to 7 days
 MAX_NUMBERS = 64  # distinct phone number ids one body may name (each costs a store lookup)
 WATCH_SECONDS = 0.5
+CLOSE_SECONDS = 2.0
 UNSIGNED_WARNING = (
     "accepting an UNSIGNED WhatsApp webhook: no app secret is configured for this number, so anyone "
     "who finds your endpoint URL can inject fake messages. Set the channel's appSecret or "
     "VOICE_WHATSAPP_APP_SECRET, and VOICE_WHATSAPP_REQUIRE_SIGNATURE=1"
 )
+
+
+def _stop_if_cancelled() -> None:
+    """Some clients turn a cancellation mid-connect into their own error; keep the cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _channel(record: AgentRecord | None, pnid: str) -> Mapping[str, Any] | None:
@@ -132,7 +140,12 @@ class WhatsAppService:
     async def aclose(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a Redis pub/sub read cancelled right after subscribing can swallow the cancel.
+        _, stuck = await asyncio.wait(self._tasks, timeout=CLOSE_SECONDS)
+        if stuck:
+            log.warning(
+                "whatsapp tasks did not stop in %ss: %s", CLOSE_SECONDS, [t.get_name() for t in stuck]
+            )
         await self.conversations.aclose()
         if self._own_http:
             await self._http.aclose()
@@ -353,6 +366,7 @@ class WhatsAppService:
             try:
                 await self.sync()
             except Exception:
+                _stop_if_cancelled()
                 log.exception("whatsapp channel sync failed; retrying")
 
     async def _listen(self) -> None:
@@ -362,6 +376,7 @@ class WhatsAppService:
                 async for raw in self.store.subscribe(self._bus):
                     await self._relayed(json.loads(raw))
             except Exception:
+                _stop_if_cancelled()
                 log.exception("whatsapp bus listener failed; resubscribing")
             await asyncio.sleep(1.0)
 
@@ -384,4 +399,5 @@ class WhatsAppService:
             try:
                 await self.conversations.sweep()
             except Exception:
+                _stop_if_cancelled()
                 log.exception("whatsapp session sweep failed")
