@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.core.tokens import Channel, Claims, TokenCodec, new_jti
-from server.errors import RateLimited, TokenSpent
+from server.errors import RateLimited, TokenSpent, VoiceError
+from server.metrics import Metrics
 from server.store.base import Hit, TokenStore
 
 Clock = Callable[[], float]
@@ -30,11 +31,19 @@ class Minted:
 
 
 class Authority:
-    def __init__(self, codec: TokenCodec, store: TokenStore, ttl: float, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        codec: TokenCodec,
+        store: TokenStore,
+        ttl: float,
+        clock: Clock = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._codec = codec
         self._store = store
         self._ttl = ttl
         self._clock = clock
+        self._metrics = metrics
 
     async def mint(
         self,
@@ -60,7 +69,10 @@ class Authority:
             call_id=call_id,
         )
         token = self._codec.encode(claims)
+        started = time.perf_counter()
         verdict = await self._store.issue_token(claims.jti, self._ttl + STORE_GRACE_SECONDS, hits)
+        if self._metrics is not None:
+            self._metrics.store_latency.observe(time.perf_counter() - started)
         if not verdict.allowed:
             raise RateLimited("Too many token requests; slow down", verdict.retry_after)
         return Minted(token, claims, round(self._ttl))
@@ -71,7 +83,14 @@ class Authority:
 
     async def consume(self, token: str, channel: Channel) -> Claims:
         """The claims of ``token`` if this is its first use on ``channel``; else the one error."""
-        claims = self.verify(token, channel)
-        if not await self._store.consume_token(claims.jti):
-            raise TokenSpent("token has already been used")
+        try:
+            claims = self.verify(token, channel)
+            if not await self._store.consume_token(claims.jti):
+                raise TokenSpent("token has already been used")
+        except VoiceError as exc:
+            if self._metrics is not None:
+                self._metrics.refused.labels("consume", exc.code).inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.consumed.labels(channel.value).inc()
         return claims

@@ -10,6 +10,7 @@ from typing import Any
 
 from server.core.tokens import TokenCodec
 from server.errors import VoiceError
+from server.metrics import Metrics
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.authority import Authority
 from server.services.calls import CallRouter
@@ -33,6 +34,7 @@ class Node:
     calls: CallRouter
     sessions: SessionManager
     relay: Relay
+    metrics: Metrics
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     connections: set[Any] = field(default_factory=set)  # live /client sockets
@@ -61,7 +63,8 @@ class Node:
         )
         await relay.start()
         await registry.start()
-        authority = Authority(TokenCodec(settings.token_secrets), store, settings.token_ttl)
+        metrics = Metrics()
+        authority = Authority(TokenCodec(settings.token_secrets), store, settings.token_ttl, metrics=metrics)
         calls = CallRouter()
         limits = SessionLimits(
             settings.max_sessions,
@@ -70,7 +73,8 @@ class Node:
             settings.session_idle_seconds,
         )
         sessions = SessionManager(registry, calls, limits)
-        node = cls(settings, store, keys, authority, registry, calls, sessions, relay)
+        node = cls(settings, store, keys, authority, registry, calls, sessions, relay, metrics)
+        metrics.watch(node.live_metrics)
         relay.call_sink = node.deliver_command
         node.on_agent_offline.append(sessions.agent_offline)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
@@ -98,6 +102,22 @@ class Node:
             log = logging.getLogger("voice.node")
             log.warning("mock agent %s not started: %s", settings.mock_agent, exc.detail)
             return None
+
+    def live_metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Live state for /metrics, read at scrape time."""
+        wa = self.whatsapp
+        verdicts = [({"verdict": "unsigned_accepted"}, float(wa.unsigned_accepted))]
+        verdicts += [({"verdict": "duplicate"}, float(wa.duplicates))]
+        verdicts += [({"verdict": f"refused_{reason}"}, float(n)) for reason, n in wa.refused.items()]
+        return {
+            "voice_sessions_live": [
+                ({"transport": t}, float(n)) for t, n in self.sessions.count_by_transport().items()
+            ],
+            "voice_agents_online": [({}, float(len(self.registry.local_agents())))],
+            "voice_sdk_connections": [({}, float(len(self.connections)))],
+            "voice_draining": [({}, 1.0 if self.draining else 0.0)],
+            "voice_webhook_verdicts": verdicts,
+        }
 
     async def deliver_command(self, org_id: str, call_id: str, frame: Mapping[str, Any]) -> bool:
         """An agent's command for ``call_id``: to the session here, or relayed to its node."""

@@ -49,6 +49,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         Route("/api/sdk/agent-info/{agent}", agents.agent_info),
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),
+        Route("/metrics", health.metrics),
     ]
     return Starlette(
         routes=routes,

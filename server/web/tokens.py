@@ -24,7 +24,7 @@ from server.core.clientip import client_ip
 from server.core.origins import Origin, origin_allowed
 from server.core.slugs import agent_slug
 from server.core.tokens import Channel, parse_metadata, parse_scope
-from server.errors import BadRequest, InvalidApiKey, NoCredential, OriginNotAllowed, VoiceError
+from server.errors import BadRequest, InvalidApiKey, NoCredential, OriginNotAllowed, RateLimited, VoiceError
 from server.services.agents import patterns_of
 from server.services.node import Node
 from server.store.base import AgentRecord, Hit
@@ -82,6 +82,7 @@ async def mint(request: Request, channel: Channel) -> Response:
     node: Node = request.app.state.node
     origin_header = request.headers.get("origin")
     cors_origin: Origin | None = None
+    path = "key"
     try:
         agents = _agent_ids(request, channel)
         params = request.query_params
@@ -102,6 +103,7 @@ async def mint(request: Request, channel: Channel) -> Response:
             hits = [Hit("k:" + key.key_id, settings.rate_limit_key)]
             org_id = key.org_id
         else:
+            path = "public"
             publishable = (
                 await node.keys.authenticate(credential, KeyKind.PUBLISHABLE)
                 if credential is not None
@@ -139,7 +141,11 @@ async def mint(request: Request, channel: Channel) -> Response:
             hits=hits,
         )
     except VoiceError as exc:
+        node.metrics.refused.labels("mint", exc.code).inc()
+        if isinstance(exc, RateLimited):
+            node.metrics.rate_limited.labels("key" if path == "key" else "public").inc()
         return error_response(exc, _cors(cors_origin))
+    node.metrics.minted.labels(channel.value, path).inc()
     body = {
         "token": minted.token,
         "server": records[0].node_url,

@@ -1,0 +1,68 @@
+"""/metrics: Prometheus counters for mints, consumes and refusals, and live gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import websockets
+
+from tests.support.procs import ServerProcess, start_server
+from tests.support.sdk import SdkClient
+
+KEY = "sk_test_metrics_0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    proc = start_server(
+        {"VOICE_TOKEN_SECRET": "m", "VOICE_API_KEYS": f"acme:{KEY}", "VOICE_RATE_LIMIT_KEY": "3/minute"}
+    )
+    yield proc
+    proc.stop()
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sample of ``name`` with exactly ``labels`` (in any order), 0 when absent."""
+    for line in text.splitlines():
+        match = re.fullmatch(re.escape(name) + r"(?:\{(.*)\})? ([0-9.e+-]+)", line)
+        if match:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+            if found == labels:
+                return float(match.group(2))
+    return 0.0
+
+
+async def test_counters_and_gauges(server: ServerProcess) -> None:
+    sdk = await SdkClient.connect(server.url, KEY)
+    await sdk.create_agent("metered")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        token = (await http.get("/chat/token", params={"agent_id": "metered"}, headers=auth)).json()["token"]
+        await http.get("/chat/token", params={"agent_id": "metered"}, headers=auth)
+        await http.get("/chat/token", params={"agent_id": "metered"}, headers=auth)
+        limited = await http.get("/chat/token", params={"agent_id": "metered"}, headers=auth)
+        assert limited.status_code == 429
+        await http.get("/chat/token", params={"agent_id": "nobody"}, headers=auth)
+        async with websockets.connect(server.ws_url + f"/chat/ws?token={token}") as chat:
+            await asyncio.wait_for(chat.recv(), 10)
+            async with websockets.connect(server.ws_url + f"/chat/ws?token={token}") as again:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(again.recv(), 10)
+            scrape = await http.get("/metrics")
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+    text = scrape.text
+    assert value(text, "voice_tokens_minted_total", channel="chat", path="key") == 3
+    assert value(text, "voice_tokens_refused_total", stage="mint", code="rate_limited") == 1
+    assert value(text, "voice_rate_limit_hits_total", bucket="key") == 1
+    assert value(text, "voice_tokens_refused_total", stage="mint", code="agent_not_online") == 1
+    assert value(text, "voice_tokens_consumed_total", channel="chat") == 1
+    assert value(text, "voice_tokens_refused_total", stage="consume", code="token_spent") == 1
+    assert value(text, "voice_sessions_live", transport="chat") == 1
+    assert value(text, "voice_agents_online") == 1
+    assert value(text, "voice_draining") == 0
+    assert "voice_store_latency_seconds_bucket" in text
+    await sdk.close()
