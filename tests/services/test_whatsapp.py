@@ -403,7 +403,7 @@ async def test_session_ends_after_the_24h_window_and_a_new_one_starts(stack: Sta
         handler = stack.calls.get(first["call_id"], "org")
         assert handler is not None
         handler.last_activity = stack.clock()  # type: ignore[attr-defined]
-        assert await stack.service.conversations.sweep() == 0 or stack.clock() - first["timestamp"] > 0
+        assert await stack.service.conversations.sweep() == 0
     stack.clock.advance(100)
     assert await stack.service.conversations.sweep() == 1
     ended = await conn.next("whatsapp.session_ended")
