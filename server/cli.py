@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -91,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env(**overrides)
     logsetup.setup(settings.log_level, settings.log_format if not settings.dev else "text")
     app = create_app(settings, on_ready=_dev_banner if settings.dev else None)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -100,11 +101,44 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
-        timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+        timeout_graceful_shutdown=5,
         proxy_headers=False,  # X-Forwarded-For is read only from VOICE_TRUSTED_PROXIES
         server_header=False,
     )
+    _DrainingServer(config, settings.drain_seconds).run()
     return 0
+
+
+class _DrainingServer:
+    """uvicorn, with SIGTERM/SIGINT first draining the node (``Node.drain``) before uvicorn's
+    own shutdown; a second signal skips the drain."""
+
+    def __init__(self, config: Any, drain_seconds: float) -> None:
+        import uvicorn
+
+        self.drain_seconds = drain_seconds
+        self.server = uvicorn.Server(config)
+        self.app = config.app
+        self._drain: asyncio.Task[None] | None = None
+        self._default_exit = self.server.handle_exit
+        self.server.handle_exit = self.handle_exit  # type: ignore[method-assign]
+
+    def run(self) -> None:
+        self.server.run()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        node = getattr(self.app.state, "node", None)
+        if self._drain is not None or node is None:
+            self._default_exit(sig, frame)  # second signal, or nothing to drain yet
+            return
+        logging.getLogger("voice.node").info("signal %s: draining for up to %.0fs", sig, self.drain_seconds)
+        self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit(node, sig, frame))
+
+    async def _drain_then_exit(self, node: Node, sig: int, frame: Any) -> None:
+        try:
+            await node.drain(self.drain_seconds)
+        finally:
+            self._default_exit(sig, frame)
 
 
 async def _dev_banner(node: Node) -> None:

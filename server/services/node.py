@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -102,6 +103,40 @@ class Node:
             log = logging.getLogger("voice.node")
             log.warning("mock agent %s not started: %s", settings.mock_agent, exc.detail)
             return None
+
+    async def drain(self, grace: float, poll: float = 0.2) -> None:
+        """Leave the deployment gently (SIGTERM): refuse new sessions and SDK connections
+        (``/readyz`` turns 503), hand idle agents to other nodes at once, let live sessions run
+        up to ``grace`` seconds, end the rest with ``call.ended``, then close every SDK socket.
+
+        An SDK socket is closed (1012, "server draining": the SDK reconnects, through the load
+        balancer, to another node) as soon as none of its agents has a live session here, so new
+        mints place those agents elsewhere while busy agents finish their calls.
+        """
+        self.draining = True
+        self.sessions.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            await self._release_idle_connections()
+            if not self.connections or loop.time() >= deadline:
+                break
+            await asyncio.sleep(poll)
+        await self.sessions.shutdown(grace=0)  # what is left gets call.ended(server_shutdown)
+        for connection in list(self.connections):
+            await connection.close(1012, "server draining")
+
+    async def _release_idle_connections(self) -> None:
+        busy = {(s.org_id, s.agent_id) for s in self.sessions.live()}
+        for connection in list(self.connections):
+            held = [
+                r
+                for r in self.registry.local_agents()
+                if self.registry.local_connection(r.org_id, r.agent_id) is connection
+            ]
+            if not any((r.org_id, r.agent_id) in busy for r in held):
+                await connection.close(1012, "server draining")
+                self.connections.discard(connection)
 
     def live_metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         """Live state for /metrics, read at scrape time."""
