@@ -1,0 +1,151 @@
+"""The printed report: machine facts, one table of rows, the issue's ratios against their
+targets, Redis bytes per token, and (with ``--server both``) uvicorn against granian."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from scripts.bench_lib.results import MemoryPoint, Row
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    with_model = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+        if line.startswith("model name")
+    ] if Path("/proc/cpuinfo").exists() else []  # fmt: skip
+    return with_model[0] if with_model else platform.processor() or "unknown CPU"
+
+
+def _redis_version() -> str:
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return "unknown"
+    fields = dict(part.split("=", 1) for part in out.split() if "=" in part)
+    return fields.get("v", out.strip() or "unknown")
+
+
+def machine_facts(wrk: str) -> list[str]:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return [
+        f"machine: {cpus} CPUs (nproc), {_cpu_model()}, {platform.system()} {platform.release()}, "
+        f"1-min load average {load:.2f} before the run (other work on the machine skews every row)",
+        f"python {platform.python_version()}, {wrk}, redis-server {_redis_version()}",
+        f"uvicorn {_version('uvicorn')} (uvloop {_version('uvloop')}, httptools {_version('httptools')}), "
+        f"granian {_version('granian')}, starlette {_version('starlette')}, redis-py {_version('redis')} "
+        f"(hiredis {_version('hiredis')}), websockets {_version('websockets')}",
+    ]
+
+
+def _ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    return f"{seconds * 1000:.2f}ms"
+
+
+def _us(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1e6:,.0f}us"
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    head = f"{'row':<4} {'what':<50} {'gen':<4} {'req/s':>9} {'p50':>9} {'p99':>9}"
+    lines = [f"{head} {'count':>8} {'errors':>6} {'cpu/req':>8} {'cpu':>5}"]
+    for row in rows:
+        r = row.result
+        flag = "  !" if r.error_share > 0.001 else ""
+        lines.append(
+            f"{row.key:<4} {row.label:<50} {row.generator:<4} {r.rate:>9,.0f} {_ms(r.p50):>9} {_ms(r.p99):>9}"
+            f" {r.count:>8,} {r.errors:>6,} {_us(row.cpu_per_request):>8} {row.cpu_load:>4.0%}{flag}"
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class Ratio:
+    name: str
+    meaning: str
+    value: float
+    target: str  # "≥ 1.5", "≤ 2", or "" when the issue sets none
+
+    def verdict(self) -> str:
+        if not self.target or math.isnan(self.value):
+            return ""
+        bound = float(self.target.split()[1])
+        ok = self.value >= bound if self.target.startswith("≥") else self.value <= bound
+        return "meets" if ok else "MISSES"
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
+
+
+def ratios(rows: Mapping[str, Row]) -> list[Ratio]:
+    def rate(key: str) -> float:
+        return rows[key].result.rate if key in rows else float("nan")
+
+    def cpu(key: str) -> float:
+        return rows[key].cpu_per_request if key in rows else float("nan")
+
+    def p99(key: str) -> float:
+        return rows[key].result.p99 if key in rows else float("nan")
+
+    return [
+        Ratio("c/b1", "secret-key mint vs naive mint", _div(rate("c"), rate("b1")), "≥ 1.5"),
+        Ratio("c/a", "secret-key mint vs bare route", _div(rate("c"), rate("a")), "≥ 0.6"),
+        Ratio("d/b1", "public mint vs naive mint", _div(rate("d"), rate("b1")), ""),
+        Ratio("e2/e1", "chat consume vs naive WS accept + GETDEL", _div(rate("e2"), rate("e1")), "≥ 1.5"),
+        Ratio("cpu e1/e2", "server CPU per session, naive vs ours", _div(cpu("e1"), cpu("e2")), ""),
+        Ratio("p99 c/a", "p99 of mint vs p99 of bare route", _div(p99("c"), p99("a")), "≤ 2"),
+    ]
+
+
+def ratio_lines(values: Sequence[Ratio]) -> list[str]:
+    lines = []
+    for r in values:
+        if math.isnan(r.value):
+            continue  # a row it needs was not measured (--rows)
+        target = f"target {r.target}" if r.target else ""
+        lines.append(f"{r.name:<8} {r.meaning:<42} {r.value:>6.2f}x  {target:<12} {r.verdict()}".rstrip())
+    return lines
+
+
+def memory_lines(points: Sequence[MemoryPoint]) -> list[str]:
+    lines = [f"{'outstanding':>11}  {'MEMORY USAGE (mean of sample)':>30}  {'used_memory delta / N':>22}"]
+    for p in points:
+        usage = f"{p.memory_usage:,.0f} B (n={p.sampled})"
+        lines.append(f"{p.outstanding:>11,}  {usage:>30}  {p.used_memory_delta:>20,.0f} B")
+    return lines
+
+
+def server_comparison(by_server: Mapping[str, Sequence[Row]]) -> list[str]:
+    """req/s and p99 of each row under each server, and granian/uvicorn."""
+    uvicorn = {r.key: r for r in by_server.get("uvicorn", [])}
+    granian = {r.key: r for r in by_server.get("granian", [])}
+    head = f"{'row':<4} {'uvicorn req/s':>14} {'granian req/s':>14} {'granian/uvicorn':>16}"
+    lines = [f"{head} {'p99 u':>9} {'p99 g':>9}"]
+    for key, row in uvicorn.items():
+        other = granian.get(key)
+        if other is None:
+            continue
+        ratio = _div(other.result.rate, row.result.rate)
+        lines.append(
+            f"{key:<4} {row.result.rate:>14,.0f} {other.result.rate:>14,.0f} {ratio:>15.2f}x"
+            f" {_ms(row.result.p99):>9} {_ms(other.result.p99):>9}"
+        )
+    return lines
