@@ -21,6 +21,8 @@ the code as reason on WebSockets)::
     ├── CapacityExceeded           503 at_capacity
     ├── StoreUnavailable           503 store_unavailable
     ├── SignatureError             403 signature_invalid
+    │   └── SignatureRequired      403 signature_required
+    ├── VerifyTokenInvalid         403 verify_token_invalid
     └── RegistrationError          (SDK frames only: REGISTRATION_ERROR)
         ├── InvalidOriginPattern
         └── AgentInUse             (AGENT_IN_USE)
@@ -128,6 +130,18 @@ class StoreUnavailable(VoiceError):
 
 class SignatureError(VoiceError):
     status, code, ws_close_code, frame_code = 403, "signature_invalid", 1008, "SIGNATURE_INVALID"
+
+
+class SignatureRequired(SignatureError):
+    """No secret applies to this webhook and ``VOICE_WHATSAPP_REQUIRE_SIGNATURE`` is on."""
+
+    code = "signature_required"
+
+
+class VerifyTokenInvalid(VoiceError):
+    """Meta's subscription check named a verify token nobody registered."""
+
+    status, code, ws_close_code, frame_code = 403, "verify_token_invalid", 1008, "VERIFY_TOKEN_INVALID"
 
 
 class RegistrationError(VoiceError):

@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from server.errors import SignatureError, VoiceError
-
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 SIGNATURE_PREFIX = "sha256="
 MAX_CHALLENGE = 256
@@ -31,18 +29,6 @@ MAX_TEXT = 4096  # WhatsApp's limit for a text message body
 WINDOW_SECONDS = 24 * 3600  # Meta's customer-service window: free-form replies only within it
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 _CHALLENGE = re.compile(r"^[A-Za-z0-9._\-]+$")
-
-
-class SignatureRequired(SignatureError):
-    """No secret applies to this webhook and ``VOICE_WHATSAPP_REQUIRE_SIGNATURE`` is on."""
-
-    code = "signature_required"
-
-
-class VerifyTokenInvalid(VoiceError):
-    """Meta's subscription check named a verify token nobody registered."""
-
-    status, code, ws_close_code, frame_code = 403, "verify_token_invalid", 1008, "VERIFY_TOKEN_INVALID"
 
 
 # -- signatures ---------------------------------------------------------------------------------

@@ -43,8 +43,6 @@ import httpx
 from server.core.whatsapp import (
     InboundMessage,
     Reason,
-    SignatureRequired,
-    VerifyTokenInvalid,
     WebhookEvent,
     channel_secrets,
     event_from_dict,
@@ -55,7 +53,7 @@ from server.core.whatsapp import (
     token_matches,
     verify_signature,
 )
-from server.errors import AgentNotOnline, BadRequest, SignatureError
+from server.errors import AgentNotOnline, BadRequest, SignatureError, SignatureRequired, VerifyTokenInvalid
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter

@@ -212,8 +212,9 @@ class RedisStore:
             async with _guard():
                 await pubsub.subscribe(PREFIX + "bus:" + channel)
             while True:
+                # A bounded wait: an unbounded get_message has been seen to swallow cancellation.
                 async with _guard():
-                    message = await pubsub.get_message(timeout=None)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is not None and message.get("type") == "message":
                     yield str(message["data"])
         finally:

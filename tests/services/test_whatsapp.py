@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from server.core.whatsapp import SignatureRequired, VerifyTokenInvalid, sample_payload, sign
-from server.errors import BadRequest, SignatureError
+from server.core.whatsapp import sample_payload, sign
+from server.errors import BadRequest, SignatureError, SignatureRequired, VerifyTokenInvalid
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.calls import CallRouter
 from server.services.whatsapp import WhatsAppService

@@ -1,0 +1,214 @@
+"""Several real server processes on one real redis-server (CONTRACT §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import websockets
+
+from tests.support.procs import RedisProcess, ServerProcess, start_redis, start_server
+from tests.support.sdk import SdkClient
+
+pytestmark = pytest.mark.slow
+KEY = "sk_test_multi_0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def node_env(redis: RedisProcess, name: str) -> dict[str, str]:
+    return {
+        "VOICE_TOKEN_SECRET": "shared-secret",
+        "VOICE_STORE_URL": redis.url,
+        "VOICE_API_KEYS": f"acme:{KEY}",
+        "VOICE_NODE_ID": name,
+        "VOICE_RATE_LIMIT_KEY": "0",
+        "VOICE_MAX_SESSIONS": "5000",
+        "VOICE_MAX_SESSIONS_PER_ORG": "5000",
+        "VOICE_AGENT_HEARTBEAT_TTL": "2",
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[RedisProcess, list[ServerProcess]]]:
+    redis = start_redis()
+    nodes = [start_server(node_env(redis, f"node-{name}")) for name in "abc"]
+    yield redis, nodes
+    for node in nodes:
+        node.stop()
+    redis.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=200)) as client:
+        yield client
+
+
+async def consume(node: ServerProcess, token: str) -> str:
+    """Open a chat session with ``token`` on ``node``: "ok", or the refusal's close reason."""
+    async with websockets.connect(node.ws_url + f"/chat/ws?token={token}") as ws:
+        try:
+            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.reason if closed.rcvd else "closed"
+        return "ok" if first.get("event") == "chat.connected" else str(first)
+
+
+async def test_a_token_is_consumed_once_across_nodes(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    """1000 tokens, each presented at the same instant on two different nodes: one success each."""
+    _, nodes = cluster
+    a, b, c = nodes
+    agents = []
+    for node in nodes:  # an agent on every node, so each node can serve a session locally
+        sdk = await SdkClient.connect(node.url, KEY)
+        await sdk.create_agent(f"racer-{node.port}")
+        agents.append(sdk)
+    outcomes: list[list[str]] = []
+    semaphore = asyncio.Semaphore(25)
+
+    async def race(index: int) -> None:
+        owner = nodes[index % 3]
+        others = [n for n in nodes if n is not owner]
+        async with semaphore:
+            minted = await http.get(
+                f"{nodes[(index + 1) % 3].url}/chat/token", params={"agent_id": f"racer-{owner.port}"}, headers=AUTH
+            )
+            token = minted.json()["token"]
+            # Both on nodes that do not hold the agent half of the time, the owner the other half.
+            first, second = (owner, others[0]) if index % 2 else (others[0], others[1])
+            outcomes.append(list(await asyncio.gather(consume(first, token), consume(second, token))))
+
+    started = time.monotonic()
+    await asyncio.gather(*(race(i) for i in range(1000)))
+    assert len(outcomes) == 1000
+    doubles = [o for o in outcomes if o.count("ok") != 1]
+    assert not doubles, doubles[:5]
+    assert all(set(o) == {"ok", "token_spent"} for o in outcomes), [o for o in outcomes if "token_spent" not in o][:5]
+    print(f"1000 races on 3 nodes in {time.monotonic() - started:.1f}s")
+    for sdk in agents:
+        await sdk.close()
+    del a, b, c
+
+
+async def test_mint_on_any_node_answers_the_agents_node(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    _, (a, b, c) = cluster
+    sdk = await SdkClient.connect(a.url, KEY)
+    await sdk.create_agent("placed")
+    for node in (a, b, c):
+        response = await http.get(f"{node.url}/webrtc/token", params={"agent_id": "placed"}, headers=AUTH)
+        assert response.status_code == 200 and response.json()["server"] == a.url
+    await sdk.close()
+
+
+async def test_agent_in_use_holds_across_nodes(cluster: tuple[RedisProcess, list[ServerProcess]]) -> None:
+    _, (a, b, _c) = cluster
+    first = await SdkClient.connect(a.url, KEY)
+    await first.create_agent("exclusive")
+    second = await SdkClient.connect(b.url, KEY)
+    await second.send({"event": "agent.create", "agent_id": "exclusive"})
+    assert (await second.recv())["code"] == "AGENT_IN_USE"
+    await first.close()
+    await second.close()
+
+
+async def test_a_session_on_the_wrong_node_is_relayed_to_the_agent(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    """The browser lands on B while the agent's socket is on A: the conversation still works."""
+    _, (a, b, _c) = cluster
+    sdk = await SdkClient.connect(a.url, KEY)
+    await sdk.create_agent("relayed")
+    token = (await http.get(f"{a.url}/chat/token", params={"agent_id": "relayed"}, headers=AUTH)).json()["token"]
+    async with websockets.connect(b.ws_url + f"/chat/ws?token={token}") as chat:
+        assert json.loads(await asyncio.wait_for(chat.recv(), 10))["event"] == "chat.connected"
+        started = await sdk.wait_for("llm.chat.started", "call.started")
+        call_id = started["call_id"]
+        await chat.send(json.dumps({"event": "message", "text": "hello from B"}))
+        message = await sdk.wait_for("chat.message")
+        assert message["text"] == "hello from B" and message["call_id"] == call_id
+        await sdk.send({"event": "bot.reply", "call_id": call_id, "message_id": "m1", "text": "hi, relayed"})
+        while True:
+            frame = json.loads(await asyncio.wait_for(chat.recv(), 10))
+            if frame["event"] == "chat.done":
+                break
+        assert frame["text"] == "hi, relayed"
+    ended = await sdk.wait_for("call.ended", "llm.chat.ended")
+    assert ended["call_id"] == call_id
+    await sdk.close()
+
+
+async def test_a_session_for_a_vanished_owner_is_refused_cleanly(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    _, (a, b, _c) = cluster
+    sdk = await SdkClient.connect(a.url, KEY)
+    await sdk.create_agent("vanishing")
+    token = (await http.get(f"{a.url}/chat/token", params={"agent_id": "vanishing"}, headers=AUTH)).json()["token"]
+    await sdk.close()
+    await asyncio.sleep(0.3)  # the close reaches node A
+    assert await consume(b, token) == "agent_not_online"
+
+
+async def test_a_dead_node_takes_its_agents_offline_and_they_move(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    redis, (a, b, _c) = cluster
+    doomed = start_server(node_env(redis, "node-doomed"))
+    sdk = await SdkClient.connect(doomed.url, KEY)
+    await sdk.create_agent("survivor")
+    assert (await http.get(f"{b.url}/chat/token", params={"agent_id": "survivor"}, headers=AUTH)).status_code == 200
+    doomed.kill()  # SIGKILL: no goodbye, only the heartbeat TTL (2 s here) tells
+    killed = time.monotonic()
+    while True:
+        response = await http.get(f"{b.url}/chat/token", params={"agent_id": "survivor"}, headers=AUTH)
+        if response.status_code == 404:
+            break
+        assert time.monotonic() - killed < 6, "the dead node's agent is still online"
+        await asyncio.sleep(0.1)
+    moved = await SdkClient.connect(a.url, KEY)
+    assert (await moved.create_agent("survivor"))["event"] == "agent.created"
+    response = await http.get(f"{b.url}/chat/token", params={"agent_id": "survivor"}, headers=AUTH)
+    assert response.status_code == 200 and response.json()["server"] == a.url
+    await moved.close()
+
+
+async def test_a_revoked_key_fails_on_every_node_within_a_second(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.procs import ROOT
+
+    redis, nodes = cluster
+    env = {"VOICE_STORE_URL": redis.url, "PATH": "/usr/bin:/bin"}
+    secret = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "server", "keys", "create", "--org", "acme"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    sdk = await SdkClient.connect(nodes[0].url, KEY)
+    await sdk.create_agent("revocable")
+    auth = {"Authorization": f"Bearer {secret}"}
+    for node in nodes:  # warm every node's cache
+        assert (await http.get(f"{node.url}/chat/token", params={"agent_id": "revocable"}, headers=auth)).status_code == 200
+    key_id = next(
+        line.split()[0]
+        for line in subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "server", "keys", "list"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        if "org=acme" in line
+    )
+    subprocess.run([sys.executable, "-m", "server", "keys", "revoke", key_id], cwd=ROOT, env=env, check=True)  # noqa: S603
+    revoked = time.monotonic()
+    for node in nodes:
+        while (await http.get(f"{node.url}/chat/token", params={"agent_id": "revocable"}, headers=auth)).status_code != 401:
+            assert time.monotonic() - revoked < 1.0, f"{node.url} still accepts a revoked key"
+            await asyncio.sleep(0.02)
+    await sdk.close()
