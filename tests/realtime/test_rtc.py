@@ -304,14 +304,15 @@ async def test_idle_session_is_warned_then_timed_out() -> None:
 
 
 async def test_server_shutdown_closes_live_peers() -> None:
-    """SIGTERM with a session live: the server closes its peer (the browser side sees the
-    connection close instead of waiting for ICE to time out) and exits."""
-    proc = start_server(BASE_ENV)
+    """SIGTERM with a session live: after the drain grace (VOICE_DRAIN_SECONDS) the session ends
+    with server_shutdown and the server closes its peer (the browser sees the connection close
+    instead of waiting for ICE to time out), then exits."""
+    proc = start_server({**BASE_ENV, "VOICE_DRAIN_SECONDS": "1"})
     try:
         async with httpx.AsyncClient(base_url=proc.url, timeout=15) as http:
             sdk = await SdkClient.connect(proc.url, KEY)
             await sdk.create_agent("doomed")
-            async with session(http, sdk, "doomed") as (peer, _):
+            async with session(http, sdk, "doomed") as (peer, started):
                 gone = asyncio.Event()
 
                 @peer.pc.on("connectionstatechange")
@@ -320,6 +321,8 @@ async def test_server_shutdown_closes_live_peers() -> None:
                         gone.set()
 
                 proc.proc.terminate()
+                ended = await sdk.wait_for("call.ended", timeout=20)
+                assert ended["call_id"] == started["call_id"] and ended["reason"] == "server_shutdown"
                 await asyncio.wait_for(gone.wait(), 20)
                 assert peer.pc.connectionState == "closed"
             await asyncio.to_thread(proc.proc.wait, 20)
