@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,17 @@ from scripts.bench_lib.token_memory import measure
 from scripts.bench_lib.wrk import Load, WrkFailed, WrkMissing, wrk_version
 from scripts.bench_lib.wsload import MintFailed
 
-QUICK = {"duration": 1, "warmup": 0, "ws_tokens": 300, "memory_at": "1000,5000"}
+
+@dataclass(frozen=True)
+class Defaults:
+    duration: int  # seconds per row
+    warmup: int  # seconds of discarded wrk load before each wrk row
+    ws_tokens: int | None  # None: enough for the consume rows' duration
+    memory_at: tuple[int, ...]
+
+
+FULL = Defaults(duration=10, warmup=2, ws_tokens=None, memory_at=(1_000, 100_000))
+QUICK = Defaults(duration=1, warmup=0, ws_tokens=300, memory_at=(1_000, 5_000))
 
 
 def _sizes(text: str) -> list[int]:
@@ -80,13 +91,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _plan(opts: argparse.Namespace) -> tuple[Plan, list[int]]:
-    quick = QUICK if opts.quick else {}
-    duration = opts.duration or int(quick.get("duration", 10))
-    warmup = opts.warmup if opts.warmup is not None else int(quick.get("warmup", 2))
+    defaults = QUICK if opts.quick else FULL
+    duration = opts.duration or defaults.duration
+    warmup = opts.warmup if opts.warmup is not None else defaults.warmup
     # Enough tokens that the consume rows run their whole duration at the rates seen on 2 cores,
     # few enough that minting them stays well inside the tokens' 60 s lifetime.
-    ws_tokens = opts.ws_tokens or int(quick.get("ws_tokens", min(40_000, 2_500 * duration)))
-    memory_at = opts.memory_at or _sizes(str(quick.get("memory_at", "1000,100000")))
+    ws_tokens = opts.ws_tokens or defaults.ws_tokens or min(40_000, 2_500 * duration)
+    memory_at = opts.memory_at or list(defaults.memory_at)
     load = Load(opts.connections, opts.threads, duration)
     plan = Plan(
         load, warmup, opts.rows, ws_tokens, opts.ws_concurrency or opts.connections, opts.logs == "on"

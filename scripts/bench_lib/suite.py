@@ -82,11 +82,11 @@ class Suite:
             return await self._wrk_row(key, target, url, headers)
         if key == "e1":
             return await self._ws_row(
-                key, baselines, f"{baselines.http}/naive/token", {},
+                key, baselines, "/naive/token", {},
                 lambda t: f"/naive/ws?token={quote(t)}", "connected",
             )  # fmt: skip
         return await self._ws_row(
-            key, ours.endpoint, f"{ours.endpoint.http}/chat/token?agent_id={AGENT_ID}", bearer,
+            key, ours.endpoint, f"/chat/token?agent_id={AGENT_ID}", bearer,
             lambda t: f"/chat/ws?token={t}", "chat.connected",
         )  # fmt: skip
 
@@ -106,14 +106,16 @@ class Suite:
         self,
         key: str,
         target: Endpoint,
-        mint_url: str,
+        mint_path: str,
         headers: dict[str, str],
         ws_path: Callable[[str], str],
         first_event: str,
     ) -> Row:
         plan = self.plan
         _progress(f"{self.server}: minting {plan.ws_tokens:,} tokens for row {key} (not timed)")
-        tokens = await premint(mint_url, headers, plan.ws_tokens, plan.ws_concurrency)
+        began = time.perf_counter()
+        tokens = await premint(LOOPBACK, target.port, mint_path, headers, plan.ws_tokens, plan.ws_concurrency)
+        _progress(f"{self.server}: minted in {time.perf_counter() - began:.1f}s")
         paths = [ws_path(t) for t in tokens]
         with Stopwatch(target) as watch:
             result = await consume_load(

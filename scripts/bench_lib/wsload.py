@@ -21,8 +21,7 @@ import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
-import httpx
-
+from scripts.bench_lib.httpclient import BadResponse, KeepAlive
 from scripts.bench_lib.results import Measurement
 from scripts.bench_lib.wsclient import Refused, Session
 
@@ -34,22 +33,26 @@ class MintFailed(RuntimeError):
     pass
 
 
-async def premint(url: str, headers: Mapping[str, str], count: int, concurrency: int) -> list[str]:
-    """``count`` tokens from ``url`` (a mint endpoint answering ``{"token": ...}``)."""
+async def premint(
+    host: str, port: int, path: str, headers: Mapping[str, str], count: int, concurrency: int
+) -> list[str]:
+    """``count`` tokens from ``path`` (a mint endpoint answering ``{"token": ...}``)."""
     tokens: list[str] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=10, headers=dict(headers)) as http:
 
-        async def worker(quota: int) -> None:
+    async def worker(quota: int) -> None:
+        async with KeepAlive(host, port, headers) as http:
             for _ in range(quota):
-                response = await http.get(url)
-                if response.status_code != 200:
-                    raise MintFailed(f"GET {url} → {response.status_code}: {response.text[:300]}")
-                tokens.append(response.json()["token"])
+                status, body = await http.get(path)
+                if status != 200:
+                    raise MintFailed(f"GET {path} → {status}: {body[:300]!r}")
+                tokens.append(json.loads(body)["token"])
 
-        shares = [count // concurrency + (1 if i < count % concurrency else 0) for i in range(concurrency)]
-        # Bounded: a mint endpoint slower than ~100/s is broken, not slow.
-        await asyncio.wait_for(asyncio.gather(*(worker(n) for n in shares if n)), 30 + count / 100)
+    shares = [count // concurrency + (1 if i < count % concurrency else 0) for i in range(concurrency)]
+    try:
+        # Bounded: a mint endpoint slower than ~200/s is broken, not slow.
+        await asyncio.wait_for(asyncio.gather(*(worker(n) for n in shares if n)), 30 + count / 200)
+    except (OSError, asyncio.IncompleteReadError, BadResponse) as exc:
+        raise MintFailed(f"minting from {path}: {type(exc).__name__}: {exc}") from exc
     return tokens
 
 
