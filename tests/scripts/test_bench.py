@@ -88,7 +88,9 @@ def test_quick_run_prints_every_row_ratio_and_memory_figure() -> None:
     assert "wrk -t2 -c50 -d1s --latency" in out
     for key in ("a", "b1", "b2", "c", "d", "e1", "e2"):
         row = re.search(
-            rf"^{key}\s+.+\s(wrk|ws)\s+([\d,]+)\s+([\d.]+ms)\s+([\d.]+ms)\s+([\d,]+)\s+(\d+)$", out, re.M
+            rf"^{key}\s+.+\s(wrk|ws)\s+([\d,]+)\s+([\d.]+ms)\s+([\d.]+ms)\s+([\d,]+)\s+(\d+)\s+([\d,]+us)\s+(\d+)%$",
+            out,
+            re.M,
         )
         assert row is not None, f"row {key} missing:\n{out}"
         assert int(row[2].replace(",", "")) > 0, row[0]
