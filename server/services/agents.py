@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -66,6 +67,13 @@ def channel_name(kind: str, ref: str) -> str:
     return f"ch:{kind}:{ref}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    connection: AgentConnection
+    record: AgentRecord
+    shown_as: str
+
+
 class AgentRegistry:
     def __init__(self, store: AgentStore, settings: RegistrySettings, clock: Clock = time.time) -> None:
         self._store = store
@@ -78,6 +86,12 @@ class AgentRegistry:
         # dropped on every node when an agent registers or goes offline anywhere.
         self._cache: TtlCache[str, AgentRecord] = TtlCache(settings.cache_seconds)
         self.relay: Relay | None = None
+        # Owners are "<node>/<boot>/<connection>": a record left by a previous run of this node
+        # (same node id, other boot) is stale and taken over at once.
+        self._boot = secrets.token_hex(4)
+        # agent_key -> a registration refused with AGENT_IN_USE, retried on every heartbeat:
+        # when the holder goes away this connection takes over and gets agent.created then.
+        self._pending: dict[str, _Pending] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,6 +110,7 @@ class AgentRegistry:
         interval = self._settings.heartbeat_ttl / 3
         while True:
             await asyncio.sleep(interval)
+            await self._retry_pending()
             for _, record in list(self._local.values()):
                 try:
                     if not await self._store.refresh_agent(record, self._settings.heartbeat_ttl):
@@ -107,9 +122,15 @@ class AgentRegistry:
 
     # -- registration (from /client) -------------------------------------------------------
     async def register(
-        self, connection: AgentConnection, agent_id: str, config: Mapping[str, Any], origins: object
+        self,
+        connection: AgentConnection,
+        agent_id: str,
+        config: Mapping[str, Any],
+        origins: object,
+        shown_as: str | None = None,
     ) -> AgentRecord:
-        """Bring ``agent_id`` online for ``connection``; AgentInUse if another socket holds it."""
+        """Bring ``agent_id`` online for ``connection``; AgentInUse if another live socket holds
+        it (the registration then stays pending and takes over when that socket goes away)."""
         patterns = parse_patterns(origins if origins is not None else [])
         key = agent_key(connection.org_id, agent_id)
         previous = self._local.get(key)
@@ -117,7 +138,7 @@ class AgentRegistry:
         record = AgentRecord(
             org_id=connection.org_id,
             agent_id=agent_id,
-            owner=f"{self._settings.node_id}/{connection.conn_id}",
+            owner=f"{self._settings.node_id}/{self._boot}/{connection.conn_id}",
             node_id=self._settings.node_id,
             node_url=self._settings.node_url,
             allowed_origins=tuple(p.raw for p in patterns),
@@ -126,8 +147,16 @@ class AgentRegistry:
             registered_at=self._clock(),
         )
         holder = await self._store.claim_agent(record, self._settings.heartbeat_ttl)
+        if holder is not None and self._stale(holder):
+            log.info("agent %s: taking over from %s, left by a previous run of this node", agent_id, holder)
+            holder = await self._store.claim_agent(record, self._settings.heartbeat_ttl, replace=holder)
         if holder is not None:
-            raise AgentInUse(f"Agent '{agent_id}' is already connected from another session")
+            self._pending[key] = _Pending(connection, record, shown_as or agent_id)
+            raise AgentInUse(
+                f"Agent '{agent_id}' is already connected from another session; "
+                "this connection takes over if that one goes away"
+            )
+        self._pending.pop(key, None)
         try:
             await self._claim_indexes(record)
         except RegistrationError:
@@ -140,6 +169,30 @@ class AgentRegistry:
         for hook in self.on_online:
             await hook(record)
         return record
+
+    def _stale(self, holder: str) -> bool:
+        node_id, _, rest = holder.partition("/")
+        boot = rest.partition("/")[0]
+        return node_id == self._settings.node_id and boot != self._boot
+
+    async def _retry_pending(self) -> None:
+        for key, pending in list(self._pending.items()):
+            if self._pending.get(key) is not pending:
+                continue
+            record = pending.record
+            try:
+                origins = list(record.allowed_origins)
+                await self.register(
+                    pending.connection, record.agent_id, record.config, origins, pending.shown_as
+                )
+            except AgentInUse:
+                continue
+            except Exception as exc:
+                self._pending.pop(key, None)
+                log.warning("pending registration of %s failed: %s", record.agent_id, exc)
+                continue
+            await pending.connection.send({"event": "agent.created", "agent_id": pending.shown_as})
+            log.info("agent %s: pending registration took over", record.agent_id)
 
     async def _claim_indexes(self, record: AgentRecord) -> None:
         key = agent_key(record.org_id, record.agent_id)
@@ -227,6 +280,8 @@ class AgentRegistry:
 
     async def disconnect(self, connection: AgentConnection) -> list[AgentRecord]:
         """The socket closed: every agent it held goes offline."""
+        for key in [k for k, p in self._pending.items() if p.connection is connection]:
+            del self._pending[key]
         gone = [record for conn, record in self._local.values() if conn is connection]
         for record in gone:
             del self._local[agent_key(record.org_id, record.agent_id)]

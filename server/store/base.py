@@ -91,8 +91,10 @@ class KeyStore(Protocol):
 
 
 class AgentStore(Protocol):
-    async def claim_agent(self, record: AgentRecord, ttl: float) -> str | None:
-        """Store ``record`` unless another owner holds the agent; return that owner, or None."""
+    async def claim_agent(self, record: AgentRecord, ttl: float, replace: str | None = None) -> str | None:
+        """Store ``record`` unless another owner holds the agent; return that owner, or None.
+
+        ``replace`` names a holder known to be stale: it is overwritten (compare-and-swap)."""
         ...
 
     async def get_agent(self, org_id: str, agent_id: str) -> AgentRecord | None: ...

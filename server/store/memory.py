@@ -119,10 +119,10 @@ class MemoryStore:
             self._keys[key_id] = replace(key, last_used_at=at)
 
     # -- agents ----------------------------------------------------------------------------
-    async def claim_agent(self, record: AgentRecord, ttl: float) -> str | None:
+    async def claim_agent(self, record: AgentRecord, ttl: float, replace: str | None = None) -> str | None:
         key = "ag:" + agent_key(record.org_id, record.agent_id)
         current: AgentRecord | None = self._get(key)
-        if current is not None and current.owner != record.owner:
+        if current is not None and current.owner not in (record.owner, replace):
             return current.owner
         self._set(key, record, ttl)
         return None

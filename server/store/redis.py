@@ -158,9 +158,10 @@ class RedisStore:
             await self._run(self._redis.set(PREFIX + "key:" + key_id, json.dumps(data), xx=True))
 
     # -- agents ----------------------------------------------------------------------------
-    async def claim_agent(self, record: AgentRecord, ttl: float) -> str | None:
+    async def claim_agent(self, record: AgentRecord, ttl: float, replace: str | None = None) -> str | None:
         key = PREFIX + "ag:" + agent_key(record.org_id, record.agent_id)
-        holder = await self._script("claim_agent", [key], [record.owner, record.to_json(), _ms(ttl)])
+        args = [record.owner, record.to_json(), _ms(ttl), replace or ""]
+        holder = await self._script("claim_agent", [key], args)
         return cast("str | None", holder or None)
 
     async def get_agent(self, org_id: str, agent_id: str) -> AgentRecord | None:

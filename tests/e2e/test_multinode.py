@@ -77,7 +77,9 @@ async def test_a_token_is_consumed_once_across_nodes(
         others = [n for n in nodes if n is not owner]
         async with semaphore:
             minted = await http.get(
-                f"{nodes[(index + 1) % 3].url}/chat/token", params={"agent_id": f"racer-{owner.port}"}, headers=AUTH
+                f"{nodes[(index + 1) % 3].url}/chat/token",
+                params={"agent_id": f"racer-{owner.port}"},
+                headers=AUTH,
             )
             token = minted.json()["token"]
             # Both on nodes that do not hold the agent half of the time, the owner the other half.
@@ -89,7 +91,9 @@ async def test_a_token_is_consumed_once_across_nodes(
     assert len(outcomes) == 1000
     doubles = [o for o in outcomes if o.count("ok") != 1]
     assert not doubles, doubles[:5]
-    assert all(set(o) == {"ok", "token_spent"} for o in outcomes), [o for o in outcomes if "token_spent" not in o][:5]
+    assert all(set(o) == {"ok", "token_spent"} for o in outcomes), [
+        o for o in outcomes if "token_spent" not in o
+    ][:5]
     print(f"1000 races on 3 nodes in {time.monotonic() - started:.1f}s")
     for sdk in agents:
         await sdk.close()
@@ -126,7 +130,9 @@ async def test_a_session_on_the_wrong_node_is_relayed_to_the_agent(
     _, (a, b, _c) = cluster
     sdk = await SdkClient.connect(a.url, KEY)
     await sdk.create_agent("relayed")
-    token = (await http.get(f"{a.url}/chat/token", params={"agent_id": "relayed"}, headers=AUTH)).json()["token"]
+    token = (await http.get(f"{a.url}/chat/token", params={"agent_id": "relayed"}, headers=AUTH)).json()[
+        "token"
+    ]
     async with websockets.connect(b.ws_url + f"/chat/ws?token={token}") as chat:
         assert json.loads(await asyncio.wait_for(chat.recv(), 10))["event"] == "chat.connected"
         started = await sdk.wait_for("llm.chat.started", "call.started")
@@ -151,7 +157,9 @@ async def test_a_session_for_a_vanished_owner_is_refused_cleanly(
     _, (a, b, _c) = cluster
     sdk = await SdkClient.connect(a.url, KEY)
     await sdk.create_agent("vanishing")
-    token = (await http.get(f"{a.url}/chat/token", params={"agent_id": "vanishing"}, headers=AUTH)).json()["token"]
+    token = (await http.get(f"{a.url}/chat/token", params={"agent_id": "vanishing"}, headers=AUTH)).json()[
+        "token"
+    ]
     await sdk.close()
     await asyncio.sleep(0.3)  # the close reaches node A
     assert await consume(b, token) == "agent_not_online"
@@ -164,7 +172,9 @@ async def test_a_dead_node_takes_its_agents_offline_and_they_move(
     doomed = start_server(node_env(redis, "node-doomed"))
     sdk = await SdkClient.connect(doomed.url, KEY)
     await sdk.create_agent("survivor")
-    assert (await http.get(f"{b.url}/chat/token", params={"agent_id": "survivor"}, headers=AUTH)).status_code == 200
+    assert (
+        await http.get(f"{b.url}/chat/token", params={"agent_id": "survivor"}, headers=AUTH)
+    ).status_code == 200
     doomed.kill()  # SIGKILL: no goodbye, only the heartbeat TTL (2 s here) tells
     killed = time.monotonic()
     while True:
@@ -191,24 +201,58 @@ async def test_a_revoked_key_fails_on_every_node_within_a_second(
     redis, nodes = cluster
     env = {"VOICE_STORE_URL": redis.url, "PATH": "/usr/bin:/bin"}
     secret = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "server", "keys", "create", "--org", "acme"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "server", "keys", "create", "--org", "acme"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     sdk = await SdkClient.connect(nodes[0].url, KEY)
     await sdk.create_agent("revocable")
     auth = {"Authorization": f"Bearer {secret}"}
     for node in nodes:  # warm every node's cache
-        assert (await http.get(f"{node.url}/chat/token", params={"agent_id": "revocable"}, headers=auth)).status_code == 200
+        assert (
+            await http.get(f"{node.url}/chat/token", params={"agent_id": "revocable"}, headers=auth)
+        ).status_code == 200
     key_id = next(
         line.split()[0]
         for line in subprocess.run(  # noqa: S603
-            [sys.executable, "-m", "server", "keys", "list"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-m", "server", "keys", "list"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.splitlines()
         if "org=acme" in line
     )
     subprocess.run([sys.executable, "-m", "server", "keys", "revoke", key_id], cwd=ROOT, env=env, check=True)  # noqa: S603
     revoked = time.monotonic()
     for node in nodes:
-        while (await http.get(f"{node.url}/chat/token", params={"agent_id": "revocable"}, headers=auth)).status_code != 401:
+        while (
+            await http.get(f"{node.url}/chat/token", params={"agent_id": "revocable"}, headers=auth)
+        ).status_code != 401:
             assert time.monotonic() - revoked < 1.0, f"{node.url} still accepts a revoked key"
             await asyncio.sleep(0.02)
     await sdk.close()
+
+
+async def test_a_restarted_node_takes_its_agents_back_at_once(
+    cluster: tuple[RedisProcess, list[ServerProcess]],
+) -> None:
+    """Same node id after a crash (a StatefulSet pod): the old run's records are not AGENT_IN_USE."""
+    redis, _ = cluster
+    env = {**node_env(redis, "node-phoenix"), "VOICE_AGENT_HEARTBEAT_TTL": "30"}
+    first = start_server(env)
+    sdk = await SdkClient.connect(first.url, KEY)
+    await sdk.create_agent("phoenix")
+    first.kill()
+    second = start_server(env)
+    try:
+        again = await SdkClient.connect(second.url, KEY)
+        created = await again.create_agent("phoenix")
+        assert created["event"] == "agent.created", created
+        await again.close()
+    finally:
+        second.stop()

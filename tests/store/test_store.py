@@ -140,6 +140,14 @@ async def test_claiming_an_agent_is_exclusive(store: Store) -> None:
     assert await store.get_agent("acme", "florencia") == first
 
 
+async def test_a_stale_holder_can_be_replaced_by_name(store: Store) -> None:
+    await store.claim_agent(record("node-a/boot1/c1"), 10)
+    assert await store.claim_agent(record("node-a/boot2/c9"), 10, replace="node-b/x/y") == "node-a/boot1/c1"
+    assert await store.claim_agent(record("node-a/boot2/c9"), 10, replace="node-a/boot1/c1") is None
+    current = await store.get_agent("acme", "florencia")
+    assert current is not None and current.owner == "node-a/boot2/c9"
+
+
 async def test_only_the_holder_releases_or_refreshes(store: Store) -> None:
     first = record("node-a/c1")
     await store.claim_agent(first, 10)
