@@ -122,7 +122,9 @@ async def mint(request: Request, channel: Channel) -> Response:
                 raise OriginNotAllowed(f"Origin {origin_header[:200]!r} is not allowed for this agent")
             ip = client_ip(
                 request.client.host if request.client else None,
-                request.headers.get("x-forwarded-for"),
+                # Every X-Forwarded-For line, in order: a proxy that appends its own line
+                # instead of merging must not let the client's forged first line decide.
+                ",".join(request.headers.getlist("x-forwarded-for")) or None,
                 settings.trusted_proxies,
             )
             hits = [Hit(f"o:{cors_origin}|{ip}", settings.rate_limit_public)]

@@ -241,3 +241,22 @@ async def test_the_store_fails_closed_and_recovers() -> None:
     finally:
         proc.stop()
         redis.stop()
+
+
+async def test_a_forged_forwarded_for_line_does_not_escape_the_limit(server: ServerProcess) -> None:
+    """Two X-Forwarded-For lines (client's forged one, then the proxy's): the proxy's hop counts."""
+    agent = name()
+    sdk = await SdkClient.connect(server.url, BOOT_KEY)
+    await sdk.create_agent(agent, allowed_origins=["https://forged.example.net"])
+    statuses = []
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for i in range(4):
+            headers = [
+                ("Origin", "https://forged.example.net"),
+                ("X-Forwarded-For", f"10.9.9.{i}"),  # forged by the client, different each time
+                ("X-Forwarded-For", "198.51.100.77"),  # appended by the trusted proxy
+            ]
+            response = await http.get("/webrtc/token", params={"agent_id": agent}, headers=headers)
+            statuses.append(response.status_code)
+    assert statuses == [200, 200, 200, 429]
+    await sdk.close()
