@@ -4,7 +4,7 @@
 Admission, in this order, each refusal a close frame with code ``exc.ws_close_code`` and the
 error ``code`` as reason, and nothing sent before it (a client must see the close on its first
 ``recv``): bad ``thread`` → ``bad_request``; forged, expired or wrong-channel token (checked by
-arithmetic, nothing spent); no room → 1013 ``at_capacity``; agent not online on this node →
+arithmetic, nothing spent); no room → 1013 ``at_capacity``; agent online on no node →
 ``agent_not_online``; only then the token is consumed (``token_spent`` on a second use). A slot
 is reserved before the consume, so a refused session never burns its token.
 
@@ -40,7 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from server.core.tokens import Channel, Claims
 from server.core.wire import Frame, error_frame, parse_frame
-from server.errors import AgentNotOnline, BadRequest, TokenInvalid, VoiceError
+from server.errors import BadRequest, TokenInvalid, VoiceError
 from server.log import event
 from server.services.history import (
     HISTORY_COMMANDS,
@@ -294,10 +294,8 @@ async def _admit(node: Node, websocket: WebSocket) -> tuple[ChatSession, list[Me
     if isinstance(sealed, str) and valid_thread(sealed):
         thread = sealed  # a backend-sealed thread wins over the browser's (web ChatSession docs)
     with node.sessions.reserve(claims.org_id) as reservation:
+        # Online on any node: frames reach an agent on another node through the relay (CONTRACT §8).
         await node.registry.find(claims.org_id, claims.agent_id)
-        if node.registry.local_connection(claims.org_id, claims.agent_id) is None:
-            # Registered, but its socket is on another node (a mint points at the agent's node).
-            raise AgentNotOnline(claims.agent_id)
         claims = await node.authority.consume(token, Channel.CHAT)
         settings = node.settings
         history = (
@@ -328,9 +326,6 @@ async def chat_endpoint(websocket: WebSocket) -> None:
         await _refuse(websocket, exc)
         return
     try:
-        if node.registry.local_connection(session.org_id, session.agent_id) is None:
-            await session.end("agent_offline")  # it went away while the session was admitted
-            return
         await session.emit({"event": "chat.connected", "session_id": session.session_id})
         if prior:
             await session.emit(

@@ -8,7 +8,8 @@ any agent. It behaves like a minimal SDK app:
 * ``call.started`` (WebRTC) / ``llm.chat.started`` (chat) → a ``bot.reply`` with the greeting;
 * ``user.message`` / ``chat.message`` → a ``bot.reply`` of ``You said: <text>``.
 
-Replies go where an SDK's would, to the session's ``on_agent_command`` (via ``node.calls``).
+Replies go where an SDK's would: to the session's ``on_agent_command``, through
+``node.deliver_command``, which relays them when the session lives on another node (CONTRACT §8).
 Frames are handled on the agent's own task, as they would be across a socket, so a session
 never runs agent code inside its own call stack.
 """
@@ -19,16 +20,17 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from server.errors import VoiceError
 from server.log import event
 from server.services.agents import AgentRegistry
-from server.services.calls import CallRouter
 
 log = logging.getLogger("voice.mock_agent")
 QUEUE_SIZE = 1024
+# (org_id, call_id, frame) -> whether a live session took the command
+CommandSink = Callable[[str, str, Mapping[str, Any]], Awaitable[bool]]
 GREET_ON = frozenset({"call.started", "llm.chat.started"})
 ECHO_ON = frozenset({"user.message", "chat.message"})
 
@@ -39,7 +41,7 @@ class MockAgent:
     def __init__(
         self,
         registry: AgentRegistry,
-        calls: CallRouter,
+        deliver: CommandSink,
         *,
         org_id: str,
         agent_id: str,
@@ -47,7 +49,7 @@ class MockAgent:
         greeting: str,
     ) -> None:
         self.registry = registry
-        self.calls = calls
+        self.deliver = deliver
         self.org_id = org_id
         self.agent_id = agent_id
         self.origins = origins
@@ -104,17 +106,13 @@ class MockAgent:
         call_id = frame.get("call_id")
         if text is None or not isinstance(call_id, str):
             return
-        handler = self.calls.get(call_id, self.org_id)
-        if handler is None:
-            return  # the call ended before the reply
         in_reply_to = frame.get("message_id")
-        with contextlib.suppress(VoiceError):
-            await handler.on_agent_command(
-                {
-                    "event": "bot.reply",
-                    "call_id": call_id,
-                    "message_id": "msg_" + secrets.token_hex(8),
-                    "text": text,
-                    "in_reply_to": in_reply_to if isinstance(in_reply_to, str) else "",
-                }
-            )
+        reply = {
+            "event": "bot.reply",
+            "call_id": call_id,
+            "message_id": "msg_" + secrets.token_hex(8),
+            "text": text,
+            "in_reply_to": in_reply_to if isinstance(in_reply_to, str) else "",
+        }
+        with contextlib.suppress(VoiceError):  # the call may have ended before the reply
+            await self.deliver(self.org_id, call_id, reply)

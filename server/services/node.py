@@ -91,7 +91,7 @@ class Node:
         settings = self.settings
         agent = MockAgent(
             self.registry,
-            self.calls,
+            self.deliver_command,
             org_id=settings.mock_agent_org,
             agent_id=settings.mock_agent,
             origins=settings.mock_agent_origins,

@@ -32,6 +32,7 @@ from server.store.base import AgentRecord
 
 log = logging.getLogger("voice.sessions")
 Clock = Callable[[], float]
+CALL_INDEX_GRACE = 60.0  # the call index outlives the longest session by this much
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +204,17 @@ class SessionManager:
 
         With an active ``reservation`` for the session's org the slot it holds is used and the
         capacity is not checked again; without one, CapacityExceeded when there is no room."""
-        if reservation is not None and reservation.active and reservation.org_id == session.org_id:
+        if reservation is None or not reservation.active or reservation.org_id != session.org_id:
+            reservation = self.reserve(session.org_id)  # CapacityExceeded when there is no room
+        elif not self.accepting:
             reservation.release()
-            if not self.accepting:
-                raise CapacityExceeded("This server is shutting down; reconnect to start a new session")
-        else:
-            self.check_capacity(session.org_id)
+            raise CapacityExceeded("This server is shutting down; reconnect to start a new session")
+        with reservation:  # the slot stays held across the await below, then becomes the session's
+            relay = self.registry.relay
+            if relay is not None:
+                # The call index tells the agent's node where to relay its commands (CONTRACT §8);
+                # claimed before anything is registered, so a store failure leaves nothing behind.
+                await relay.claim_call(session.call_id, self.limits.max_seconds + CALL_INDEX_GRACE)
         session.manager = self
         self._live[session.call_id] = session
         self._per_org[session.org_id] += 1
@@ -235,6 +241,9 @@ class SessionManager:
         if self._per_org[session.org_id] <= 0:
             del self._per_org[session.org_id]
         self.calls.remove(session)
+        if self.registry.relay is not None:
+            with contextlib.suppress(Exception):  # the index expires on its own if the store is down
+                await self.registry.relay.release_call(session.call_id)
         watchdog = self._watchdogs.pop(session.call_id, None)
         if watchdog is not None and watchdog is not asyncio.current_task():
             watchdog.cancel()

@@ -76,7 +76,13 @@ async def test_it_greets_on_call_started_and_echoes_user_messages(node: Node) ->
 async def test_it_goes_offline_when_stopped() -> None:
     store = MemoryStore()
     registry = AgentRegistry(store, RegistrySettings("node-t", "http://127.0.0.1:1", 10.0))
-    agent = MockAgent(registry, CallRouter(), org_id="acme", agent_id="helper", origins=(), greeting="hi")
+    calls = CallRouter()
+
+    async def deliver(org_id: str, call_id: str, frame: Mapping[str, Any]) -> bool:
+        handler = calls.get(call_id, org_id)
+        return handler is not None
+
+    agent = MockAgent(registry, deliver, org_id="acme", agent_id="helper", origins=(), greeting="hi")
     await agent.start()
     assert [r.agent_id for r in registry.local_agents()] == ["helper"]
     assert (await registry.find("acme", "helper")).config["mock"] is True
