@@ -94,9 +94,10 @@ def _plan(opts: argparse.Namespace) -> tuple[Plan, list[int]]:
     defaults = QUICK if opts.quick else FULL
     duration = opts.duration or defaults.duration
     warmup = opts.warmup if opts.warmup is not None else defaults.warmup
-    # Enough tokens that the consume rows run their whole duration at the rates seen on 2 cores,
-    # few enough that minting them stays well inside the tokens' 60 s lifetime.
-    ws_tokens = opts.ws_tokens or defaults.ws_tokens or min(40_000, 2_500 * duration)
+    # Enough tokens that the consume rows run their whole duration at the rates seen on 2 cores
+    # (up to ~5k/s), few enough that minting them (~2.5k/s from our server) stays well inside the
+    # tokens' 60 s lifetime. A row that runs out ends early: its secs column says so.
+    ws_tokens = opts.ws_tokens or defaults.ws_tokens or min(50_000, 5_000 * duration)
     memory_at = opts.memory_at or list(defaults.memory_at)
     load = Load(opts.connections, opts.threads, duration)
     plan = Plan(
@@ -135,7 +136,7 @@ def _print(
     load = plan.load
     out = [
         "",
-        "$ scripts/bench " + shlex.join(sys.argv[1:]),
+        ("$ scripts/bench " + shlex.join(sys.argv[1:])).rstrip(),
         *facts,
         f"wrk rows: wrk -t{load.threads} -c{load.connections} -d{load.duration}s --latency "
         f"(after {plan.warmup}s warm-up); ws rows: Python generator, {plan.ws_concurrency} sockets at once, "

@@ -65,13 +65,14 @@ def _us(seconds: float) -> str:
 
 def table(rows: Sequence[Row]) -> list[str]:
     head = f"{'row':<4} {'what':<50} {'gen':<4} {'req/s':>9} {'p50':>9} {'p99':>9}"
-    lines = [f"{head} {'count':>8} {'errors':>6} {'cpu/req':>8} {'cpu':>5}"]
+    lines = [f"{head} {'count':>8} {'errors':>6} {'secs':>5} {'cpu/req':>8} {'cpu':>5}"]
     for row in rows:
         r = row.result
         flag = "  !" if r.error_share > 0.001 else ""
         lines.append(
             f"{row.key:<4} {row.label:<50} {row.generator:<4} {r.rate:>9,.0f} {_ms(r.p50):>9} {_ms(r.p99):>9}"
-            f" {r.count:>8,} {r.errors:>6,} {_us(row.cpu_per_request):>8} {row.cpu_load:>4.0%}{flag}"
+            f" {r.count:>8,} {r.errors:>6,} {row.wall:>5.1f}"
+            f" {_us(row.cpu_per_request):>8} {row.cpu_load:>4.0%}{flag}"
         )
     return lines
 
