@@ -41,8 +41,20 @@ def redact(text: str) -> str:
 
 
 _SECRET_FIELDS = frozenset(
-    {"api_key", "apikey", "token", "authorization", "access_token", "accesstoken", "app_secret", "appsecret",
-     "verify_token", "verifytoken", "secret", "password"}
+    {
+        "api_key",
+        "apikey",
+        "token",
+        "authorization",
+        "access_token",
+        "accesstoken",
+        "app_secret",
+        "appsecret",
+        "verify_token",
+        "verifytoken",
+        "secret",
+        "password",
+    }
 )
 
 

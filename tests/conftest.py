@@ -8,7 +8,14 @@ import pytest
 from redis import Redis
 
 from server.store import MemoryStore, Store, open_store
-from tests.support.procs import RedisCluster, RedisProcess, RedisSentinel, start_cluster, start_redis, start_sentinel
+from tests.support.procs import (
+    RedisCluster,
+    RedisProcess,
+    RedisSentinel,
+    start_cluster,
+    start_redis,
+    start_sentinel,
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""SIGTERM drains the node: idle agents move at once, live sessions get call.ended, the process exits in time."""
+"""SIGTERM drains the node: idle agents move at once, live sessions get call.ended, the process exits
+in time."""
 
 from __future__ import annotations
 

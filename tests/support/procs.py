@@ -187,17 +187,21 @@ def start_cluster(masters: int = 3) -> RedisCluster:
             start_redis(
                 port,
                 [
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", f"nodes-{port}.conf",
-                    "--cluster-node-timeout", "2000",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    "2000",
                     # The bus defaults to port + 10000, which overflows for high free ports.
-                    "--cluster-port", str(free_port()),
-                ],  # fmt: skip
+                    "--cluster-port",
+                    str(free_port()),
+                ],
             )
         )
     cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
     addresses = [f"127.0.0.1:{n.port}" for n in nodes]
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
         check=True,
         capture_output=True,
@@ -206,7 +210,7 @@ def start_cluster(masters: int = 3) -> RedisCluster:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         states = [
-            subprocess.run(  # noqa: S603
+            subprocess.run(
                 [cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True, timeout=5
             ).stdout
             for n in nodes
@@ -247,7 +251,7 @@ def start_sentinel() -> RedisSentinel:
         "sentinel failover-timeout mymaster 5000\n"
         "sentinel parallel-syncs mymaster 1\n"
     )
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [redis_binary(), str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for_port(port, proc=proc)
@@ -255,11 +259,14 @@ def start_sentinel() -> RedisSentinel:
     cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the replica has synced and the sentinel knows it
-        info = subprocess.run(  # noqa: S603
+        info = subprocess.run(
             [cli, "-p", str(replica.port), "info", "replication"], capture_output=True, text=True, timeout=5
         ).stdout
-        replicas = subprocess.run(  # noqa: S603
-            [cli, "-p", str(port), "sentinel", "replicas", "mymaster"], capture_output=True, text=True, timeout=5
+        replicas = subprocess.run(
+            [cli, "-p", str(port), "sentinel", "replicas", "mymaster"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout
         if "master_link_status:up" in info and str(replica.port) in replicas:
             return RedisSentinel(master, replica, sentinel)
