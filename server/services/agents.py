@@ -298,6 +298,14 @@ class AgentRegistry:
             for channel in record.channels.values():
                 if channel.get("ref"):
                     await self._store.release_name(channel_name(channel["type"], channel["ref"]), key)
+            if self.relay is not None:  # sessions relayed from other nodes end there too
+                await self.relay.invalidate("agent_offline", key)
+
+    async def is_online(self, org_id: str, agent_id: str) -> bool:
+        """Online anywhere, read from the store (not the cache)."""
+        if self.local_connection(org_id, agent_id) is not None:
+            return True
+        return await self._store.get_agent(org_id, agent_id) is not None
 
     # -- lookups (mint, webhooks, sessions) -----------------------------------------------
     async def find(self, org_id: str, agent_id: str, shown_as: str | None = None) -> AgentRecord:

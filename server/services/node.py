@@ -77,6 +77,7 @@ class Node:
         node = cls(settings, store, keys, authority, registry, calls, sessions, relay, metrics)
         metrics.watch(node.live_metrics)
         relay.call_sink = node.deliver_command
+        relay.on_invalidate.append(node.agent_gone_elsewhere)
         node.on_agent_offline.append(sessions.agent_offline)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
         await node.whatsapp.start()
@@ -153,6 +154,18 @@ class Node:
             "voice_draining": [({}, 1.0 if self.draining else 0.0)],
             "voice_webhook_verdicts": verdicts,
         }
+
+    async def agent_gone_elsewhere(self, kind: str, key: str) -> None:
+        """An agent went offline on some node: sessions relayed from here to it end too."""
+        if kind != "agent_offline":
+            return
+        org_id, _, agent_id = key.partition("/")
+        if not any(s.org_id == org_id and s.agent_id == agent_id for s in self.sessions.live()):
+            return
+        if await self.registry.is_online(org_id, agent_id):
+            return  # it came back (or moved) in the meantime
+        gone = AgentRecord(org_id=org_id, agent_id=agent_id, owner="", node_id="", node_url="")
+        await self.sessions.agent_offline(gone)
 
     async def deliver_command(self, org_id: str, call_id: str, frame: Mapping[str, Any]) -> bool:
         """An agent's command for ``call_id``: to the session here, or relayed to its node."""

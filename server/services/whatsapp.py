@@ -358,8 +358,11 @@ class WhatsAppService:
 
     async def _watch(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives while the event is being set, and the task would outlive the node.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), WATCH_SECONDS)
+                async with asyncio.timeout(WATCH_SECONDS):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.sync()

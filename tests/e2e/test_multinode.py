@@ -256,3 +256,20 @@ async def test_a_restarted_node_takes_its_agents_back_at_once(
         await again.close()
     finally:
         second.stop()
+
+
+async def test_a_relayed_session_ends_when_its_agent_goes_offline(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    _, (a, b, _c) = cluster
+    sdk = await SdkClient.connect(a.url, KEY)
+    await sdk.create_agent("leaving")
+    token = (await http.get(f"{a.url}/chat/token", params={"agent_id": "leaving"}, headers=AUTH)).json()[
+        "token"
+    ]
+    async with websockets.connect(b.ws_url + f"/chat/ws?token={token}") as chat:
+        assert json.loads(await asyncio.wait_for(chat.recv(), 10))["event"] == "chat.connected"
+        await sdk.close()
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(chat.recv(), 5)
