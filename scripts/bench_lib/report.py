@@ -126,11 +126,18 @@ def ratio_lines(values: Sequence[Ratio]) -> list[str]:
     return lines
 
 
+MEMORY_TARGET = 250  # bytes per outstanding token (issue 6), judged on the larger of the two figures
+
+
 def memory_lines(points: Sequence[MemoryPoint]) -> list[str]:
     lines = [f"{'outstanding':>11}  {'MEMORY USAGE (mean of sample)':>30}  {'used_memory delta / N':>22}"]
     for p in points:
         usage = f"{p.memory_usage:,.0f} B (n={p.sampled})"
-        lines.append(f"{p.outstanding:>11,}  {usage:>30}  {p.used_memory_delta:>20,.0f} B")
+        verdict = "meets" if max(p.used_memory_delta, p.memory_usage) <= MEMORY_TARGET else "MISSES"
+        lines.append(
+            f"{p.outstanding:>11,}  {usage:>30}  {p.used_memory_delta:>20,.0f} B"
+            f"  target ≤ {MEMORY_TARGET} B {verdict}"
+        )
     return lines
 
 
