@@ -19,7 +19,7 @@ from scripts.bench_lib import report
 from scripts.bench_lib.agent import AgentRefused
 from scripts.bench_lib.children import ChildFailed, Children, exit_on_termination
 from scripts.bench_lib.results import MemoryPoint, Row
-from scripts.bench_lib.servers import SERVERS, start_redis
+from scripts.bench_lib.servers import ROOT, SERVERS, start_redis
 from scripts.bench_lib.suite import ROW_KEYS, Plan, Suite
 from scripts.bench_lib.token_memory import measure
 from scripts.bench_lib.wrk import Load, WrkFailed, WrkMissing, wrk_version
@@ -114,7 +114,7 @@ def _ensure_granian() -> None:
 
 
 async def _bench(plan: Plan, servers: Sequence[str], memory_at: Sequence[int], children: Children) -> int:
-    facts = report.machine_facts(wrk_version())  # before we load the machine ourselves
+    facts = report.machine_facts(wrk_version(), ROOT)  # before we load the machine ourselves
     redis = start_redis(children, "redis")
     by_server: dict[str, list[Row]] = {}
     for server in servers:

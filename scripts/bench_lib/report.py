@@ -40,13 +40,33 @@ def _redis_version() -> str:
     return fields.get("v", out.strip() or "unknown")
 
 
-def machine_facts(wrk: str) -> list[str]:
+def _tree(root: Path) -> str:
+    """The code under test: a bench number belongs to a commit (and says when the tree differs)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "server"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except OSError:
+        return "code: not a git checkout"
+    if not head:
+        return "code: not a git checkout"
+    return f"code: commit {head}" + (" + uncommitted changes in server/" if dirty else "")
+
+
+def machine_facts(wrk: str, root: Path) -> list[str]:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return [
         f"machine: {cpus} CPUs (nproc), {_cpu_model()}, {platform.system()} {platform.release()}, "
         f"1-min load average {load:.2f} before the run (other work on the machine skews every row)",
-        f"python {platform.python_version()}, {wrk}, redis-server {_redis_version()}",
+        f"python {platform.python_version()}, {wrk}, redis-server {_redis_version()}; {_tree(root)}",
         f"uvicorn {_version('uvicorn')} (uvloop {_version('uvloop')}, httptools {_version('httptools')}), "
         f"granian {_version('granian')}, starlette {_version('starlette')}, redis-py {_version('redis')} "
         f"(hiredis {_version('hiredis')}), websockets {_version('websockets')}",
