@@ -26,6 +26,7 @@ from server.core.apikeys import ApiKey, KeyKind
 from server.core.ratelimit import Verdict, judge, window_ms
 from server.errors import StoreUnavailable
 from server.store.base import AgentRecord, Hit, agent_key
+from server.store.pipeline import AutoPipeline
 
 T = TypeVar("T")
 Client = Redis | RedisCluster
@@ -69,6 +70,8 @@ class RedisStore:
         self._bus: Redis = bus if bus is not None else client  # type: ignore[assignment]
         # Bounds commands in flight, so a burst queues here instead of exhausting the pool.
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # The hot path (mint, consume) batches concurrent commands; a cluster routes per key.
+        self._auto = AutoPipeline(client) if isinstance(client, Redis) else None
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(_lua(name)) for name in _SCRIPTS
         }
@@ -84,26 +87,48 @@ class RedisStore:
     async def issue_token(self, jti: str, ttl: float, hits: Sequence[Hit]) -> Verdict:
         active = [h for h in hits if h.limit.enabled]
         key = PREFIX + "tok:" + jti
-        if not active:
+        set_token = ("SET", key, 1, "PX", _ms(ttl))
+        # One round trip: every counter and the token write travel together (batched with
+        # other requests' commands on a single node; on a cluster, fanned out to the shards in
+        # parallel). A refused mint then deletes its token: a second trip on that path only.
+        if self._auto is not None:
+            replies = await self._batched(*_counting(active), set_token)
+            results = [(replies[3 * i], replies[3 * i + 2]) for i in range(len(active))]
+        elif active:
+            results = await self._pipeline(active, lambda pipe: pipe.set(key, 1, px=_ms(ttl)))
+        else:
             await self._run(self._redis.set(key, 1, px=_ms(ttl)))
-            return Verdict(True, 0)
-        # One round trip: every counter and the token write travel in one pipeline (on a
-        # cluster, fanned out to the owning shards in parallel). A refused mint then deletes
-        # its token: a second round trip on the refused path only.
-        results = await self._pipeline(active, lambda pipe: pipe.set(key, 1, px=_ms(ttl)))
+            results = []
         verdict = _first_refusal(active, results)
         if not verdict.allowed:
             await self._run(self._redis.delete(key))
         return verdict
 
     async def consume_token(self, jti: str) -> bool:
-        deleted = await self._run(self._redis.delete(PREFIX + "tok:" + jti))
+        key = PREFIX + "tok:" + jti
+        if self._auto is not None:
+            (deleted,) = await self._batched(("DEL", key))
+        else:
+            deleted = await self._run(self._redis.delete(key))
         return bool(deleted == 1)
+
+    async def _batched(self, *commands: tuple[Any, ...]) -> list[Any]:
+        if self._auto is None:
+            raise RuntimeError("no auto-pipeline on a cluster store")
+        async with _guard():
+            replies = await self._auto.execute(*commands)
+        for reply in replies:
+            if isinstance(reply, rexc.ResponseError):  # e.g. READONLY during a failover
+                raise StoreUnavailable(f"the token store refused a write ({type(reply).__name__})")
+        return replies
 
     async def hit(self, hits: Sequence[Hit]) -> Verdict:
         active = [h for h in hits if h.limit.enabled]
         if not active:
             return Verdict(True, 0)
+        if self._auto is not None:
+            replies = await self._batched(*_counting(active))
+            return _first_refusal(active, [(replies[3 * i], replies[3 * i + 2]) for i in range(len(active))])
         return _first_refusal(active, await self._pipeline(active))
 
     async def _pipeline(self, hits: Sequence[Hit], extra: Callable[[Any], Any] | None = None) -> list[Any]:
@@ -228,11 +253,22 @@ class RedisStore:
         return time.perf_counter() - started
 
     async def aclose(self) -> None:
+        if self._auto is not None:
+            await self._auto.aclose()
         await self._redis.aclose()
         if self._bus is not self._redis:
             await self._bus.aclose()
         for client in self._owned:
             await client.aclose()
+
+
+def _counting(hits: Sequence[Hit]) -> list[tuple[Any, ...]]:
+    """Fixed-window counters as plain commands (see ``_pipeline``)."""
+    commands: list[tuple[Any, ...]] = []
+    for h in hits:
+        name = PREFIX + "rl:" + h.key
+        commands += [("INCR", name), ("PEXPIRE", name, window_ms(h.limit), "NX"), ("PTTL", name)]
+    return commands
 
 
 def _first_refusal(hits: Sequence[Hit], results: Sequence[Any]) -> Verdict:
