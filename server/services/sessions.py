@@ -64,6 +64,7 @@ class Session:
         self.ended = asyncio.Event()
         self.end_reason: str | None = None
         self.manager: SessionManager | None = None
+        self.indexed = False  # holds a call index entry in the store (relayed sessions)
 
     def touch(self) -> None:
         """Something happened: the idle timer starts again."""
@@ -211,10 +212,13 @@ class SessionManager:
             raise CapacityExceeded("This server is shutting down; reconnect to start a new session")
         with reservation:  # the slot stays held across the await below, then becomes the session's
             relay = self.registry.relay
-            if relay is not None:
-                # The call index tells the agent's node where to relay its commands (CONTRACT §8);
-                # claimed before anything is registered, so a store failure leaves nothing behind.
+            if relay is not None and self.registry.local_connection(session.org_id, session.agent_id) is None:
+                # The agent's socket is on another node: the call index tells that node where to
+                # relay its commands (CONTRACT §8). Claimed before anything is registered, so a
+                # store failure leaves nothing behind. A local agent's commands arrive here, so a
+                # local session needs no index (and saves two store round trips).
                 await relay.claim_call(session.call_id, self.limits.max_seconds + CALL_INDEX_GRACE)
+                session.indexed = True
         session.manager = self
         self._live[session.call_id] = session
         self._per_org[session.org_id] += 1
@@ -241,7 +245,7 @@ class SessionManager:
         if self._per_org[session.org_id] <= 0:
             del self._per_org[session.org_id]
         self.calls.remove(session)
-        if self.registry.relay is not None:
+        if session.indexed and self.registry.relay is not None:
             with contextlib.suppress(Exception):  # the index expires on its own if the store is down
                 await self.registry.relay.release_call(session.call_id)
         watchdog = self._watchdogs.pop(session.call_id, None)
