@@ -101,6 +101,9 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
+        # No permessage-deflate: our frames are small JSON, and a deflate context per socket costs
+        # CPU on every frame and ~100 KiB of memory per connection.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,
         proxy_headers=False,  # X-Forwarded-For is read only from VOICE_TRUSTED_PROXIES
         server_header=False,
