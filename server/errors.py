@@ -52,6 +52,10 @@ class VoiceError(Exception):
     def headers(self) -> dict[str, str]:
         return {}
 
+    def to_body(self) -> dict[str, str]:
+        """The HTTP error body (CONTRACT §1)."""
+        return {"detail": self.detail, "code": self.code}
+
 
 class BadRequest(VoiceError):
     status, code, ws_close_code, frame_code = 400, "bad_request", 1008, "BAD_REQUEST"

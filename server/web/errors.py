@@ -16,7 +16,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 
 
 def error_response(exc: VoiceError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        {"detail": exc.detail, "code": exc.code},
+        exc.to_body(),
         status_code=exc.status,
         headers={**exc.headers(), **(headers or {}), "Cache-Control": "no-store"},
     )
