@@ -272,3 +272,121 @@ def start_sentinel() -> RedisSentinel:
             return RedisSentinel(master, replica, sentinel)
         time.sleep(0.1)
     raise TimeoutError("sentinel set-up did not settle")
+
+
+@dataclass
+class SentinelGroup:
+    """A master, its replicas and several Sentinels watching ``mymaster``, for failover tests.
+
+    ``master`` is the master at start-up; after a failover ask :meth:`master_port`.
+    """
+
+    master: RedisProcess
+    replicas: list[RedisProcess]
+    sentinels: list[RedisProcess]
+    service: str = "mymaster"
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def master_port(self) -> int | None:
+        """The master's port as the first Sentinel that answers reports it."""
+        for sentinel in self.sentinels:
+            if sentinel.proc.poll() is not None:
+                continue
+            out = _cli(sentinel.port, "sentinel", "get-master-addr-by-name", self.service).split()
+            if len(out) == 2 and out[1].isdigit():
+                return int(out[1])
+        return None
+
+    def failover(self) -> None:
+        """A coordinated failover (``SENTINEL FAILOVER``): the master is alive and gets demoted."""
+        out = _cli(self.sentinels[0].port, "sentinel", "failover", self.service)
+        if out.strip() != "OK":
+            raise RuntimeError(f"SENTINEL FAILOVER refused: {out.strip()}")
+
+    def crash_master(self) -> int:
+        """SIGKILL the current master (no goodbye); returns its port."""
+        port = self.master_port()
+        for proc in (self.master, *self.replicas):
+            if proc.port == port and proc.proc.poll() is None:
+                proc.proc.kill()
+                proc.proc.wait(5)
+                return port
+        raise RuntimeError(f"no running redis-server on the master port {port}")
+
+    def wait_for_master_other_than(self, port: int, timeout: float = 30.0) -> int:
+        """Poll the Sentinels until they report a master that is not ``port`` and it says so too."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = self.master_port()
+            if current is not None and current != port and _cli(current, "role").startswith("master"):
+                return current
+            time.sleep(0.05)
+        raise TimeoutError(f"no new master for {self.service} within {timeout}s")
+
+    def wait_demoted(self, port: int, timeout: float = 30.0) -> None:
+        """Poll until the redis-server on ``port`` is dead or a replica: after ``SENTINEL FAILOVER``
+        the old master goes on accepting writes until a Sentinel reconfigures it (Redis 7.0: at
+        its next INFO refresh, up to 10 s later)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = any(p.port == port and p.proc.poll() is None for p in (self.master, *self.replicas))
+            if not alive or _cli(port, "role").startswith("slave"):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"the old master on {port} was not demoted within {timeout}s")
+
+    def stop(self) -> None:
+        for proc in (*self.sentinels, *self.replicas, self.master):
+            proc.stop()
+
+
+def _cli(port: int, *args: str) -> str:
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    return subprocess.run([cli, "-p", str(port), *args], capture_output=True, text=True, timeout=5).stdout
+
+
+def start_sentinel_group(
+    replicas: int = 2, sentinels: int = 3, quorum: int = 2, down_after_ms: int = 1000
+) -> SentinelGroup:
+    """Like :func:`start_sentinel`, with more replicas and Sentinels; returns once every Sentinel
+    knows every replica and the other Sentinels, so a failover can start at once."""
+    master = start_redis()
+    copies = [start_redis(extra=["--replicaof", "127.0.0.1", str(master.port)]) for _ in range(replicas)]
+    watchers = []
+    for _ in range(sentinels):
+        workdir = tempfile.mkdtemp(prefix="voice-sentinel-")
+        port = free_port()
+        config = Path(workdir) / "sentinel.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {master.port} {quorum}\n"
+            f"sentinel down-after-milliseconds mymaster {down_after_ms}\n"
+            "sentinel failover-timeout mymaster 5000\n"
+            "sentinel parallel-syncs mymaster 2\n"
+        )
+        proc = subprocess.Popen(
+            [redis_binary(), str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(port, proc=proc)
+        watchers.append(RedisProcess(port, proc, workdir))
+    group = SentinelGroup(master, copies, watchers)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        synced = all("master_link_status:up" in _cli(r.port, "info", "replication") for r in copies)
+        known = all(_knows(s.port, replicas, sentinels - 1) for s in watchers)
+        if synced and known:
+            return group
+        time.sleep(0.1)
+    group.stop()
+    raise TimeoutError("sentinel group set-up did not settle")
+
+
+def _knows(port: int, replicas: int, others: int) -> bool:
+    """A Sentinel sees ``replicas`` replicas and ``others`` other Sentinels of ``mymaster``."""
+    fields = _cli(port, "sentinel", "master", "mymaster").split("\n")
+    info = dict(zip(fields[::2], fields[1::2], strict=False))
+    return info.get("num-slaves") == str(replicas) and info.get("num-other-sentinels") == str(others)
