@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.core.tokens import MAX_TOKEN_LENGTH
 from server.errors import BadRequest
 
 BROWSER_CONFIG_KEYS = frozenset({"voice", "language", "stt", "tts", "greeting", "flash"})
 MAX_OFFER_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60_000
-MAX_TOKEN_CHARS = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ def parse_offer(body: bytes) -> OfferRequest:
         raise BadRequest('type must be "offer"')
     if not isinstance(token, str) or not token:
         raise BadRequest("token must be a non-empty string")
-    if len(token) > MAX_TOKEN_CHARS:
+    if len(token) > MAX_TOKEN_LENGTH:
         raise BadRequest("token is too long")
     return OfferRequest(sdp, token, _object(value, "config"), _object(value, "metadata"))
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -35,6 +36,16 @@ def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
 
 
+def _options() -> dict[str, Any]:
+    """Connection options every client form shares: decoded replies, short timeouts, retries."""
+    return {
+        "decode_responses": True,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "retry": _retry(),
+    }
+
+
 def redis_client(url: str) -> Redis:
     # A blocking pool: a burst beyond MAX_CONNECTIONS waits for a free connection (up to the
     # socket timeout) instead of failing; a plain pool raises MaxConnectionsError.
@@ -42,11 +53,8 @@ def redis_client(url: str) -> Redis:
         url,
         max_connections=MAX_CONNECTIONS,
         timeout=SOCKET_TIMEOUT,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        retry=_retry(),
         health_check_interval=15,
+        **_options(),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
@@ -84,11 +92,8 @@ def sentinel_client(url: str) -> tuple[Redis, list[Redis]]:
         path[0],
         db=db,
         password=password,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        retry=_retry(),
         max_connections=MAX_CONNECTIONS,
+        **_options(),
     )
     return master, list(sentinel.sentinels)
 
@@ -98,10 +103,7 @@ def cluster_client(url: str) -> RedisCluster:
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in hosts],
         password=password,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        retry=_retry(),
+        **_options(),
     )
 
 
