@@ -21,9 +21,8 @@ that lands on another node is relayed on the store bus (``wa:node:<node_id>``). 
 number with no agent online is queued in the store (bounded, with a TTL) and delivered when an
 agent registers that number again; statuses for an offline agent are dropped.
 
-**Channel watcher.** Agents add channels after ``agent.created``, and the registry has no channel
-hook, so a small loop looks at this node's agents every half second: a WhatsApp channel that
-appears gets its verify-token index and ``wa-owner:<number>`` claimed and its queue drained.
+**Channel watcher.** Every half second, a new WhatsApp channel on this node gets its verify-token
+index and ``wa-owner:<number>`` claimed and its queue drained (the registry has no channel hook).
 """
 
 from __future__ import annotations
@@ -358,8 +357,7 @@ class WhatsAppService:
 
     async def _watch(self) -> None:
         while True:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # arrives while the event is being set, and the task would outlive the node.
+            # asyncio.timeout: 3.11's wait_for can swallow a cancel racing the event being set.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(WATCH_SECONDS):
                     await self._wake.wait()
