@@ -160,7 +160,9 @@ async def mint(rig: Rig, node: ServerProcess) -> tuple[str, str | None]:
     if response.status_code == 200:
         return "ok", str(response.json()["token"])
     code = response.json().get("code") if "json" in response.headers.get("content-type", "") else None
-    return (code if response.status_code == 503 else f"http {response.status_code} {code}"), None
+    if response.status_code == 503 and code == "store_unavailable":
+        return "store_unavailable", None
+    return f"http {response.status_code} {code}", None
 
 
 async def consume(node: ServerProcess, token: str) -> str:
