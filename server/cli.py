@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--label", default="")
     create.add_argument("--json", action="store_true")
     create.set_defaults(run=_keys_create)
-    listing = keys.add_parser("list", help="one line per key: id, org, kind, created, last used, status")
+    listing = keys.add_parser("list", help="one line per key: id, org, created, last used, kind, status")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_keys_list)
     revoke = keys.add_parser("revoke", help="revoke a key by id; it fails on its next use")
@@ -229,10 +229,11 @@ def _keys_list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([_describe(k) for k in listed]))
         for key in [] if args.json else listed:
-            status = "active" if key.active else f"revoked {_when(key.revoked_at)}"
+            # Columns: id, org, created, last used, kind, status (revoked ones with the time).
+            status = "active" if key.active else f"revoked@{_when(key.revoked_at)}"
             print(
-                f"{key.key_id}  org={key.org_id}  kind={key.kind.value}  created={_when(key.created_at)}  "
-                f"last_used={_when(key.last_used_at)}  {status}"
+                f"{key.key_id}\t{key.org_id}\t{_when(key.created_at)}\t{_when(key.last_used_at)}\t"
+                f"{key.kind.value}\t{status}"
             )
         return 0
 

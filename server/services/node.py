@@ -48,6 +48,7 @@ class Node:
     @classmethod
     async def open(cls, settings: Settings, store: Store | None = None) -> Node:
         store = store if store is not None else open_store(settings.store_url)
+        await store.start()
         keys = KeyService(store, cache_seconds=settings.cache_seconds, bus=store)
         keys.configure(settings.bootstrap_keys)
         registry = AgentRegistry(

@@ -74,8 +74,8 @@ def _hosts(netloc: str) -> tuple[str | None, list[tuple[str, int]]]:
     return password, hosts
 
 
-def sentinel_client(url: str) -> tuple[Redis, list[Redis]]:
-    """The master's client, and the Sentinel connections to close with it."""
+def sentinel_client(url: str) -> tuple[Redis, list[Redis], str]:
+    """The master's client, the Sentinel connections (closed with it), and the service name."""
     parts = urlsplit(url)
     password, hosts = _hosts(parts.netloc)
     path = [p for p in parts.path.split("/") if p]
@@ -86,7 +86,11 @@ def sentinel_client(url: str) -> tuple[Redis, list[Redis]]:
         hosts,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,
-        sentinel_kwargs={"password": password} if password else None,
+        sentinel_kwargs={
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": SOCKET_TIMEOUT,
+            **({"password": password} if password else {}),
+        },
     )
     master: Redis = sentinel.master_for(
         path[0],
@@ -95,7 +99,7 @@ def sentinel_client(url: str) -> tuple[Redis, list[Redis]]:
         max_connections=MAX_CONNECTIONS,
         **_options(),
     )
-    return master, list(sentinel.sentinels)
+    return master, list(sentinel.sentinels), path[0]
 
 
 def cluster_client(url: str) -> RedisCluster:
@@ -113,8 +117,8 @@ def open_store(url: str) -> Store:
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(redis_client(url), url)
     if url.startswith("redis+sentinel://"):
-        master, sentinels = sentinel_client(url)
-        return RedisStore(master, url, owned=sentinels)
+        master, sentinels, service = sentinel_client(url)
+        return RedisStore(master, url, sentinels=sentinels, service=service)
     if url.startswith("redis+cluster://"):
         password, hosts = _hosts(urlsplit(url).netloc)
         bus = Redis(

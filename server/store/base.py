@@ -147,6 +147,10 @@ class Store(TokenStore, KeyStore, AgentStore, MessageStore, Bus, Protocol):
 
     url: str
 
+    async def start(self) -> None:
+        """Start background work (the Sentinel failover watch); called once by the node."""
+        ...
+
     async def ping(self) -> float:
         """Round-trip time in seconds; raises StoreUnavailable."""
         ...

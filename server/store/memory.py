@@ -199,6 +199,9 @@ class MemoryStore:
                 del self._subscribers[channel]
 
     # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        return None
+
     async def ping(self) -> float:
         return 0.0
 

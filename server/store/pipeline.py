@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis import exceptions as rexc
@@ -31,11 +31,15 @@ class AutoPipeline:
         self,
         client: Redis,
         timeout: float = 2.0,
+        check: Callable[[], None] | None = None,
         max_batch: int = MAX_BATCH,
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._client = client
         self._timeout = timeout
+        # Called before a batch is sent and after its replies are read; raising fails the
+        # batch (the Sentinel failover fence: nothing sent or believed across a promotion).
+        self._check = check or (lambda: None)
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_in_flight)
         self._queue: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
@@ -73,9 +77,11 @@ class AutoPipeline:
                 _fail(batch, exc)
                 return
             try:
+                self._check()
                 flat = [command for commands, _ in batch for command in commands]
                 # One deadline for the whole batch instead of one timer per reply (math.inf turns
                 # off redis-py's per-read timeout; the batch's own timeout bounds it).
+                results: list[tuple[asyncio.Future[list[Any]], list[Any]]] = []
                 async with asyncio.timeout(self._timeout):
                     await connection.send_packed_command(connection.pack_commands(flat), check_health=False)
                     for commands, future in batch:
@@ -85,8 +91,11 @@ class AutoPipeline:
                                 replies.append(await connection.read_response(timeout=math.inf))
                             except rexc.ResponseError as error:  # one command's error, the stream goes on
                                 replies.append(error)
-                        if not future.done():
-                            future.set_result(replies)
+                        results.append((future, replies))
+                self._check()
+                for future, replies in results:
+                    if not future.done():
+                        future.set_result(replies)
             except BaseException as exc:
                 # The connection is in an unknown state (half-read replies): drop it.
                 await connection.disconnect()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,7 +28,9 @@ from server.core.ratelimit import Verdict, judge, window_ms
 from server.errors import StoreUnavailable
 from server.store.base import AgentRecord, Hit, agent_key
 from server.store.pipeline import AutoPipeline
+from server.store.sentinel import FailoverFence
 
+log = logging.getLogger("voice.store")
 T = TypeVar("T")
 Client = Redis | RedisCluster
 PREFIX = "vs:"
@@ -58,11 +61,22 @@ class RedisStore:
     """``Store`` on a redis.asyncio client (standalone, Sentinel master or Cluster)."""
 
     def __init__(
-        self, client: Client, url: str = "redis://", bus: Redis | None = None, owned: Sequence[Redis] = ()
+        self,
+        client: Client,
+        url: str = "redis://",
+        bus: Redis | None = None,
+        sentinels: Sequence[Redis] = (),
+        service: str = "",
     ) -> None:
         self.url = url
         self._redis = client
-        self._owned = list(owned)  # more clients to close with the store (Sentinel connections)
+        self._sentinels = list(sentinels)  # closed with the store
+        # Sentinel: token operations pause from a promotion until the client follows it.
+        self._fence = (
+            FailoverFence(client, self._sentinels, service)
+            if self._sentinels and isinstance(client, Redis)
+            else None
+        )
         # Pub/sub: on a cluster, PUBLISH is broadcast to every shard, so one plain connection
         # to any node serves; elsewhere the main client does.
         if bus is None and isinstance(client, RedisCluster):
@@ -71,7 +85,7 @@ class RedisStore:
         # Bounds commands in flight, so a burst queues here instead of exhausting the pool.
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         # The hot path (mint, consume) batches concurrent commands; a cluster routes per key.
-        self._auto = AutoPipeline(client) if isinstance(client, Redis) else None
+        self._auto = AutoPipeline(client, check=self._check_fence) if isinstance(client, Redis) else None
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(_lua(name)) for name in _SCRIPTS
         }
@@ -85,6 +99,7 @@ class RedisStore:
 
     # -- tokens ----------------------------------------------------------------------------
     async def issue_token(self, jti: str, ttl: float, hits: Sequence[Hit]) -> Verdict:
+        self._check_fence()
         active = [h for h in hits if h.limit.enabled]
         key = PREFIX + "tok:" + jti
         set_token = ("SET", key, 1, "PX", _ms(ttl))
@@ -105,12 +120,17 @@ class RedisStore:
         return verdict
 
     async def consume_token(self, jti: str) -> bool:
+        self._check_fence()
         key = PREFIX + "tok:" + jti
         if self._auto is not None:
             (deleted,) = await self._batched(("DEL", key))
         else:
             deleted = await self._run(self._redis.delete(key))
         return bool(deleted == 1)
+
+    def _check_fence(self) -> None:
+        if self._fence is not None and self._fence.fenced:
+            raise StoreUnavailable("the token store is failing over")
 
     async def _batched(self, *commands: tuple[Any, ...]) -> list[Any]:
         if self._auto is None:
@@ -247,6 +267,10 @@ class RedisStore:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._fence is not None:
+            await self._fence.start()
+
     async def ping(self) -> float:
         started = time.perf_counter()
         await self._run(self._redis.ping())
@@ -258,7 +282,9 @@ class RedisStore:
         await self._redis.aclose()
         if self._bus is not self._redis:
             await self._bus.aclose()
-        for client in self._owned:
+        if self._fence is not None:
+            await self._fence.aclose()
+        for client in self._sentinels:
             await client.aclose()
 
 

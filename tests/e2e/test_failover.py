@@ -313,16 +313,6 @@ async def check_failover(rig: Rig, trigger: Callable[[], int], label: str) -> No
     assert await settle(rig) == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "known defect (issue 5): after SENTINEL FAILOVER the old master keeps taking writes until a "
-        "Sentinel reconfigures it (~10 s on Redis 7.0) and the nodes' pooled connections stay on it; "
-        "every DEL made there is lost, so tokens consumed in that window open a second session on the "
-        "new master, and lost heartbeats take the agent offline for a few seconds"
-    ),
-)
 async def test_coordinated_failover_keeps_tokens_single_use_and_recovers(rig: Rig, agent: SdkClient) -> None:
     """SENTINEL FAILOVER mid-stream: the old master is demoted while clients still talk to it."""
 

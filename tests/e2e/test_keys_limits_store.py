@@ -69,8 +69,9 @@ async def test_keys_create_list_revoke(server: ServerProcess, redis_db: str) -> 
     listed = cli("keys", "list", env=env)
     assert listed.returncode == 0
     assert secret not in listed.stdout
-    row = next(line for line in listed.stdout.splitlines() if "org=cli-org" in line)
-    key_id = row.split()[0]
+    row = next(line for line in listed.stdout.splitlines() if line.split("\t")[1] == "cli-org")
+    key_id, org, created, last_used, kind, status = row.split("\t")
+    assert (org, last_used, kind, status) == ("cli-org", "-", "secret", "active") and created.endswith("Z")
     assert key_id.startswith("key_")
     as_json = json.loads(cli("keys", "list", "--json", env=env).stdout)
     assert any(k["key_id"] == key_id and k["status"] == "active" for k in as_json)
