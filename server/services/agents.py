@@ -117,6 +117,8 @@ class AgentRegistry:
                         log.warning("agent %s lost its registration; claiming it again", record.agent_id)
                         await self._store.claim_agent(record, self._settings.heartbeat_ttl)
                     await self._claim_indexes(record)
+                except VoiceError as exc:  # the store is down: fail closed, retry next beat
+                    log.warning("heartbeat for agent %s failed: %s", record.agent_id, exc.detail)
                 except Exception:
                     log.exception("heartbeat failed for agent %s", record.agent_id)
 
