@@ -25,7 +25,7 @@ from redis.commands.core import AsyncScript
 
 from server.core.apikeys import ApiKey, KeyKind
 from server.core.ratelimit import Verdict, judge, window_ms
-from server.errors import StoreUnavailable
+from server.errors import StoreUnavailable, VoiceError
 from server.store.base import AgentRecord, Hit, agent_key
 from server.store.pipeline import AutoPipeline
 from server.store.sentinel import FailoverFence
@@ -51,10 +51,17 @@ def _ms(seconds: float) -> int:
 async def _guard() -> AsyncIterator[None]:
     try:
         yield
+    except VoiceError:
+        raise
     except _DOWN as exc:
         raise StoreUnavailable(f"the token store is unavailable ({type(exc).__name__})") from exc
     except rexc.ClusterDownError as exc:
         raise StoreUnavailable("the token store is unavailable (cluster down)") from exc
+    except Exception as exc:
+        # Fail closed on anything else the client raises, too: e.g. redis-py's connect racing
+        # a pool disconnect during a failover surfaces as an AttributeError.
+        log.warning("store client error %s: %s", type(exc).__name__, exc)
+        raise StoreUnavailable(f"the token store is unavailable ({type(exc).__name__})") from exc
 
 
 class RedisStore:
