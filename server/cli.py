@@ -176,6 +176,7 @@ async def _dev_banner(node: Node) -> None:
             f"  then connect to {settings.public_ws_url}/chat/ws?token=<token> "
             """and send {"event": "message", "text": "hi"}"""
         )
+        lines.append(f"  or open {base}/demo?agent={mock.agent_id} in a browser (voice and chat)")
     print("\n".join(lines), flush=True)
 
 
