@@ -68,7 +68,7 @@ class Session:
 
     def touch(self) -> None:
         """Something happened: the idle timer starts again."""
-        self.last_activity = time.monotonic()
+        self.last_activity = self.manager.now() if self.manager is not None else time.monotonic()
 
     def started_frame(self) -> dict[str, Any]:
         """The ``call.started`` frame for the agent (subclasses add transport fields)."""
@@ -170,6 +170,10 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._live)
 
+    def now(self) -> float:
+        """The manager's clock (injected; monotonic by default): every session time uses it."""
+        return self._clock()
+
     def live(self) -> list[Session]:
         return list(self._live.values())
 
@@ -220,6 +224,7 @@ class SessionManager:
                 await relay.claim_call(session.call_id, self.limits.max_seconds + CALL_INDEX_GRACE)
                 session.indexed = True
         session.manager = self
+        session.started_at = session.last_activity = self._clock()
         self._live[session.call_id] = session
         self._per_org[session.org_id] += 1
         self.calls.add(session)
@@ -255,7 +260,7 @@ class SessionManager:
             await session.close_transport(reason)
         except Exception:
             log.exception("closing the transport of %s failed", session.call_id)
-        duration = round(time.monotonic() - session.started_at, 3)
+        duration = round(self._clock() - session.started_at, 3)
         with contextlib.suppress(Exception):
             for frame in session.ended_frames(reason, duration):
                 await self.registry.send(session.org_id, session.agent_id, frame)
@@ -266,7 +271,7 @@ class SessionManager:
         limits = self.limits
         warned = False
         while session.end_reason is None:
-            now = time.monotonic()
+            now = self._clock()
             if now - session.started_at >= limits.max_seconds:
                 await self.end(session, "max_duration")
                 return

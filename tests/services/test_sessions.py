@@ -16,6 +16,7 @@ from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.calls import CallRouter
 from server.services.sessions import Session, SessionLimits, SessionManager
 from server.store import MemoryStore
+from tests.conftest import FakeClock
 from tests.realtime.test_chat_ws import (
     BASE_ENV,
     OTHER_KEY,
@@ -216,3 +217,36 @@ async def test_an_unanswered_turn_ends_in_chat_error() -> None:
             assert frame["event"] == "chat.token"
         await asyncio.wait_for(ws.close(), 5)
         await sdk.close()
+
+
+async def _ended(session: Session) -> None:
+    await asyncio.wait_for(session.ended.wait(), 5)  # the watchdog ticks every idle/20 real seconds
+
+
+async def test_idle_and_max_duration_follow_the_injected_clock(clock: FakeClock) -> None:
+    """Timeouts are judged on the manager's clock: moving it ends sessions, no waiting for them."""
+    store = MemoryStore()
+    registry = AgentRegistry(store, RegistrySettings("node-t", "http://127.0.0.1:1", 10.0))
+    recorder = Recorder("acme")
+    await registry.register(recorder, "bot", {}, None)
+    manager = SessionManager(registry, CallRouter(), SessionLimits(3, 3, 100.0, 2.0), clock=clock)
+    idle, busy = Transport("acme", "bot"), Transport("acme", "bot")
+    await manager.start(idle)
+    await manager.start(busy)
+    clock.advance(1.9)
+    busy.touch()
+    await asyncio.sleep(0.3)  # a few watchdog ticks: nobody is idle yet
+    assert idle.end_reason is None and busy.end_reason is None
+    clock.advance(0.2)
+    await _ended(idle)
+    assert idle.end_reason == "idle_timeout" and busy.end_reason is None
+    for _ in range(60):  # active, but past its maximum duration
+        clock.advance(1.7)
+        busy.touch()
+    await _ended(busy)
+    assert busy.end_reason == "max_duration"
+    ended = {f["call_id"]: f for f in recorder.frames if f["event"] == "call.ended"}
+    assert ended[idle.call_id]["duration_seconds"] == pytest.approx(2.1)
+    await manager.shutdown(grace=0)
+    await registry.stop()
+    await store.aclose()
