@@ -358,3 +358,14 @@ def session_end_reason(now: float, last_contact_at: float, last_activity: float,
     if now - last_activity >= idle:
         return "idle_timeout"
     return None
+
+
+def store_id(text: str) -> str:
+    """Store keys from ids Meta sends: as they are when short, a digest when long."""
+    return text if len(text) <= 128 else hashlib.sha256(text.encode()).hexdigest()
+
+
+def seen_key(ev: WebhookEvent) -> str:
+    """The dedupe key of a delivery (Meta redelivers; statuses repeat per status)."""
+    kind = "m" if isinstance(ev, InboundMessage) else f"s:{store_id(ev.status)}"
+    return f"wa:seen:{kind}:{store_id(ev.phone_number_id)}:{store_id(ev.message_id)}"

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Protocol
@@ -82,6 +82,8 @@ class AgentRegistry:
         self._local: dict[str, tuple[AgentConnection, AgentRecord]] = {}  # agent_key -> (socket, record)
         self._heartbeat: asyncio.Task[None] | None = None
         self.on_online: list[Callable[[AgentRecord], Any]] = []  # hooks (e.g. queued WhatsApp messages)
+        # Vetoes on channel.add (record, type, ref): raise RegistrationError to refuse.
+        self.channel_guards: list[Callable[[AgentRecord, str, str | None], Awaitable[None]]] = []
         # Node-local copies of records for the mint path; never older than cache_seconds, and
         # dropped on every node when an agent registers or goes offline anywhere.
         self._cache: TtlCache[str, AgentRecord] = TtlCache(settings.cache_seconds)
@@ -255,6 +257,8 @@ class AgentRegistry:
         channel_id = f"{kind}:{ref or ''}"
         if channel_id not in record.channels and len(record.channels) >= MAX_CHANNELS:
             raise RegistrationError(f"an agent has at most {MAX_CHANNELS} channels")
+        for guard in self.channel_guards:
+            await guard(record, str(kind), ref)
         if ref:
             holder = await self._store.claim_name(
                 channel_name(str(kind), ref), agent_key(record.org_id, agent_id), self._settings.heartbeat_ttl

@@ -83,6 +83,7 @@ class Node:
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
         await node.whatsapp.start()
         registry.on_online.append(node.whatsapp.agent_online)  # drains messages queued while offline
+        registry.channel_guards.append(node.whatsapp.guard_channel)
         node.on_agent_offline.append(node.whatsapp.agent_offline)
         if settings.mock_agent:
             node.mock_agent = await node.start_mock_agent()

@@ -1,35 +1,22 @@
-"""WhatsApp webhooks: verification, routing, dedupe and queueing (CONTRACT §7).
+"""WhatsApp webhooks: verification, routing, dedupe and queueing (CONTRACT §7; README "WhatsApp").
 
-**Subscription check (GET).** A verify token is good when it equals (constant time) the
-server-wide ``VOICE_WHATSAPP_VERIFY_TOKEN``, the ``verifyToken`` of a WhatsApp channel of an agent
-on this node, or one on another node: every node publishes its agents' verify tokens in the
-store as ``wa-verify:<sha256(token)>`` -> agent (the digest, never the token), refreshed with the
-agent heartbeat, and the GET re-checks the token against that agent's channel.
-
-**Signatures (POST).** The JSON is parsed only to route; the signature is checked over the raw
-bytes. Each phone number id named in the body brings its secret set: its channel's
-``appSecret`` (when its agent is online) plus the server-wide ``VOICE_WHATSAPP_APP_SECRET`` list.
-The body must verify against **every** non-empty set (one body, one signature: a body naming
-two numbers is accepted only if it is signed with a secret each of them trusts). When some
-number has no secret at all, ``VOICE_WHATSAPP_REQUIRE_SIGNATURE`` decides: refuse (403
-``signature_required``, Meta retries later) or accept with a loud warning and a counter.
-Nothing from a refused body reaches an agent, the store or the queue.
-
-**Delivery.** Meta retries: every message and status is deduplicated by its id in the store.
-The agent's node takes the conversation (:mod:`server.services.whatsapp_sessions`); a webhook
-that lands on another node is relayed on the store bus (``wa:node:<node_id>``). A message for a
-number with no agent online is queued in the store (bounded, with a TTL) and delivered when an
-agent registers that number again; statuses for an offline agent are dropped.
-
-**Channel watcher.** Every half second, a new WhatsApp channel on this node gets its verify-token
-index and ``wa-owner:<number>`` claimed and its queue drained (the registry has no channel hook).
+* GET: the verify token must equal (constant time) ``VOICE_WHATSAPP_VERIFY_TOKEN`` or a channel's
+  ``verifyToken`` on any node (index ``wa-verify:<sha256(token)>`` -> agent, re-checked).
+* POST: parsed only to route; the HMAC is over the raw bytes and must verify against every
+  applicable secret set (channel ``appSecret`` + ``VOICE_WHATSAPP_APP_SECRET``); with no secret,
+  ``VOICE_WHATSAPP_REQUIRE_SIGNATURE`` refuses, else a loud warning and a counter. Nothing from a
+  refused body reaches an agent, the store or the queue.
+* Delivery: dedupe by id in the store; the agent's node holds the conversation
+  (:mod:`server.services.whatsapp_sessions`), other nodes relay on ``wa:node:<node_id>``; messages
+  for a number with no agent online are queued (bounded, TTL) until it registers again.
+* A watcher claims a new channel's indexes and ``wa-owner:<number>`` every half second; a number
+  last owned by another org cannot be registered until that claim expires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -48,11 +35,19 @@ from server.core.whatsapp import (
     parse_webhook,
     phone_number_ids,
     safe_challenge,
+    seen_key,
     token_digest,
     token_matches,
     verify_signature,
 )
-from server.errors import AgentNotOnline, BadRequest, SignatureError, SignatureRequired, VerifyTokenInvalid
+from server.errors import (
+    AgentNotOnline,
+    BadRequest,
+    RegistrationError,
+    SignatureError,
+    SignatureRequired,
+    VerifyTokenInvalid,
+)
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
@@ -83,16 +78,6 @@ def _stop_if_cancelled() -> None:
 
 def _channel(record: AgentRecord | None, pnid: str) -> Mapping[str, Any] | None:
     return record.channels.get(f"whatsapp:{pnid}") if record is not None else None
-
-
-def _short(text: str) -> str:
-    """Store keys from ids Meta sends: as they are when short, a digest when long."""
-    return text if len(text) <= 128 else hashlib.sha256(text.encode()).hexdigest()
-
-
-def _seen_key(ev: WebhookEvent) -> str:
-    kind = "m" if isinstance(ev, InboundMessage) else f"s:{_short(ev.status)}"
-    return f"wa:seen:{kind}:{_short(ev.phone_number_id)}:{_short(ev.message_id)}"
 
 
 class WhatsAppService:
@@ -243,7 +228,7 @@ class WhatsAppService:
         )
 
     async def _accept(self, ev: WebhookEvent, owner: AgentRecord | None) -> int:
-        if not await self.store.first_time(_seen_key(ev), DEDUPE_SECONDS):
+        if not await self.store.first_time(seen_key(ev), DEDUPE_SECONDS):
             self.duplicates += 1
             return 0
         if owner is None:
@@ -347,6 +332,16 @@ class WhatsAppService:
                 await self._claim_owner(pair[1], pair[0])
                 await self.drain(record, pair[1])
                 self._known[pair] = digest  # only now: a failure above is retried on the next tick
+
+    async def guard_channel(self, record: AgentRecord, kind: str, ref: str | None) -> None:
+        """A number last owned by another org's agent stays that org's for
+        ``VOICE_WHATSAPP_QUEUE_TTL``: otherwise, while its agent is offline, anyone could register
+        the number and (with a server-wide app secret) receive its webhooks."""
+        if kind != "whatsapp" or not ref:
+            return
+        owner = await self.store.lookup_name("wa-owner:" + ref)
+        if owner is not None and owner.partition("/")[0] != record.org_id:
+            raise RegistrationError(f"WhatsApp number {ref!r} belongs to another organisation")
 
     async def _claim_owner(self, pnid: str, key: str) -> None:
         name, ttl = "wa-owner:" + pnid, self.settings.whatsapp_queue_ttl

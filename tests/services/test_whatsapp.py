@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from server.core.whatsapp import sample_payload, sign
-from server.errors import BadRequest, SignatureError, SignatureRequired, VerifyTokenInvalid
+from server.errors import BadRequest, RegistrationError, SignatureError, SignatureRequired, VerifyTokenInvalid
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.calls import CallRouter
 from server.services.whatsapp import WhatsAppService
@@ -39,7 +39,7 @@ class FakeConnection:
     async def send(self, frame: Any) -> None:
         await self.frames.put(dict(frame))
 
-    async def next(self, *names: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def next(self, *names: str, timeout: float = 15.0) -> dict[str, Any]:
         while True:
             frame = await asyncio.wait_for(self.frames.get(), timeout)
             if not names or frame["event"] in names:
@@ -439,3 +439,16 @@ async def test_hangup_and_agent_offline_end_the_session(stack: Stack) -> None:
     await stack.offline(conn)
     assert stack.calls.get(message["call_id"], "org") is None
     assert len(stack.service.conversations) == 0
+
+
+async def test_a_number_last_owned_by_another_org_cannot_be_taken_while_its_claim_lasts(stack: Stack) -> None:
+    """Otherwise anyone could register an offline org's number and receive its webhooks."""
+    stack.registry.channel_guards.append(stack.service.guard_channel)  # as Node.open wires it
+    owner = await stack.agent("acme", "sales", "10001")
+    await stack.offline(owner)
+    intruder = FakeConnection("evil")
+    await stack.registry.register(intruder, "grabber", {}, None)
+    with pytest.raises(RegistrationError, match="another organisation"):
+        await stack.registry.add_channel(intruder, "grabber", {"type": "whatsapp", "ref": "10001"})
+    same_org = await stack.agent("acme", "support", "10001")  # moving a number inside the org is fine
+    assert same_org.org_id == "acme"
