@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from server.core.apikeys import ApiKey, KeyKind
+from server.core.apikeys import ApiKey
 from server.core.ratelimit import RateLimit, Verdict
 
 
@@ -156,6 +156,3 @@ class Store(TokenStore, KeyStore, AgentStore, MessageStore, Bus, Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-KEY_KINDS = {kind.value: kind for kind in KeyKind}

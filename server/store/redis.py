@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
@@ -112,11 +112,9 @@ class RedisStore:
         self._check_fence()
         active = [h for h in hits if h.limit.enabled]
         key = PREFIX + "tok:" + jti
+        write = ("SET", key, 1, "PX", _ms(ttl))
         if not active:
-            if self._auto is not None:
-                await self._batched(("SET", key, 1, "PX", _ms(ttl)))
-            else:
-                await self._run(self._redis.set(key, 1, px=_ms(ttl)))
+            await self._commands(write)
             return Verdict(True, 0)
         if self._auto is not None:
             # One command, batched with every concurrent request's: count, judge, write.
@@ -124,62 +122,46 @@ class RedisStore:
             for h in active:
                 args += [window_ms(h.limit), h.limit.count]
             keys = [key, *(PREFIX + "rl:" + h.key for h in active)]
-            (flat,) = await self._batched(("EVAL", self._mint_lua, len(keys), *keys, *args))
+            (flat,) = await self._commands(("EVAL", self._mint_lua, len(keys), *keys, *args))
             return _first_refusal(active, [(flat[2 * i], flat[2 * i + 1]) for i in range(len(active))])
-        # A cluster: the counters and the token write travel in one pipeline fanned out to the
-        # shards; a refused mint then deletes its token (a second trip on that path only).
-        results = await self._pipeline(active, lambda pipe: pipe.set(key, 1, px=_ms(ttl)))
-        verdict = _first_refusal(active, results)
+        # A cluster refuses multi-slot scripts: the counters and the token write travel in one
+        # pipeline fanned out to the shards; a refused mint then deletes its token (a second
+        # trip on that path only).
+        replies = await self._commands(*_counting(active), write)
+        verdict = _first_refusal(active, _windows(replies, len(active)))
         if not verdict.allowed:
-            await self._run(self._redis.delete(key))
+            await self._commands(("DEL", key))
         return verdict
 
     async def consume_token(self, jti: str) -> bool:
         self._check_fence()
-        key = PREFIX + "tok:" + jti
-        if self._auto is not None:
-            (deleted,) = await self._batched(("DEL", key))
-        else:
-            deleted = await self._run(self._redis.delete(key))
+        (deleted,) = await self._commands(("DEL", PREFIX + "tok:" + jti))
         return bool(deleted == 1)
-
-    def _check_fence(self) -> None:
-        if self._fence is not None and self._fence.fenced:
-            raise StoreUnavailable("the token store is failing over")
-
-    async def _batched(self, *commands: tuple[Any, ...]) -> list[Any]:
-        if self._auto is None:
-            raise RuntimeError("no auto-pipeline on a cluster store")
-        async with _guard():
-            replies = await self._auto.execute(*commands)
-        for reply in replies:
-            if isinstance(reply, rexc.ResponseError):  # e.g. READONLY during a failover
-                raise StoreUnavailable(f"the token store refused a write ({type(reply).__name__})")
-        return replies
 
     async def hit(self, hits: Sequence[Hit]) -> Verdict:
         active = [h for h in hits if h.limit.enabled]
         if not active:
             return Verdict(True, 0)
-        if self._auto is not None:
-            replies = await self._batched(*_counting(active))
-            return _first_refusal(active, [(replies[3 * i], replies[3 * i + 2]) for i in range(len(active))])
-        return _first_refusal(active, await self._pipeline(active))
+        return _first_refusal(active, _windows(await self._commands(*_counting(active)), len(active)))
 
-    async def _pipeline(self, hits: Sequence[Hit], extra: Callable[[Any], Any] | None = None) -> list[Any]:
-        """Fixed-window counters without Lua (cluster pipelines refuse scripts): ``INCR``, then
-        ``PEXPIRE ... NX`` (Redis ≥ 7.0) so only a new window gets its expiry, then ``PTTL``.
-        A crash between INCR and PEXPIRE is repaired by the next hit's ``NX``."""
+    def _check_fence(self) -> None:
+        if self._fence is not None and self._fence.fenced:
+            raise StoreUnavailable("the token store is failing over")
+
+    async def _commands(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Run ``commands`` in one round trip: batched with other requests' on a single node,
+        one redis-py pipeline (fanned out to the shards) on a cluster."""
+        if self._auto is not None:
+            async with _guard():
+                replies = await self._auto.execute(*commands)
+            for reply in replies:
+                if isinstance(reply, rexc.ResponseError):  # e.g. READONLY during a failover
+                    raise StoreUnavailable(f"the token store refused a write ({type(reply).__name__})")
+            return replies
         async with self._slots, _guard(), self._redis.pipeline(transaction=False) as pipe:
-            for h in hits:
-                name = PREFIX + "rl:" + h.key
-                pipe.incr(name)
-                pipe.pexpire(name, window_ms(h.limit), nx=True)
-                pipe.pttl(name)
-            if extra is not None:
-                extra(pipe)
-            results: list[Any] = await pipe.execute()
-        return [(results[3 * i], results[3 * i + 2]) for i in range(len(hits))]
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
 
     # -- API keys --------------------------------------------------------------------------
     async def put_key(self, key: ApiKey, digest: str) -> None:
@@ -304,12 +286,19 @@ class RedisStore:
 
 
 def _counting(hits: Sequence[Hit]) -> list[tuple[Any, ...]]:
-    """Fixed-window counters as plain commands (see ``_pipeline``)."""
+    """Fixed-window counters without Lua (cluster pipelines refuse scripts): ``INCR``, then
+    ``PEXPIRE ... NX`` (Redis >= 7.0) so only a new window gets its expiry, then ``PTTL``.
+    A crash between INCR and PEXPIRE is repaired by the next hit's ``NX``."""
     commands: list[tuple[Any, ...]] = []
     for h in hits:
         name = PREFIX + "rl:" + h.key
         commands += [("INCR", name), ("PEXPIRE", name, window_ms(h.limit), "NX"), ("PTTL", name)]
     return commands
+
+
+def _windows(replies: Sequence[Any], count: int) -> list[tuple[Any, Any]]:
+    """(count, ms left) per bucket from the replies of ``_counting``."""
+    return [(replies[3 * i], replies[3 * i + 2]) for i in range(count)]
 
 
 def _first_refusal(hits: Sequence[Hit], results: Sequence[Any]) -> Verdict:
