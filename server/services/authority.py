@@ -7,14 +7,12 @@ wrong-channel tokens never reach the store), then one atomic delete decides sing
 
 from __future__ import annotations
 
-import base64
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.core.tokens import JTI_BYTES, Channel, Claims, TokenCodec
+from server.core.tokens import Channel, Claims, JtiSource, TokenCodec
 from server.errors import RateLimited, TokenSpent, VoiceError
 from server.metrics import Metrics
 from server.store.base import Hit, TokenStore
@@ -46,17 +44,7 @@ class Authority:
         self._ttl = ttl
         self._clock = clock
         self._metrics = metrics
-        self._entropy = b""
-        self._offset = 0
-
-    def _new_jti(self) -> str:
-        """128 random bits from the OS CSPRNG, read 4 KiB at a time: one ``getrandom`` call per
-        256 tokens instead of one per token (it showed up in the mint path's profile)."""
-        if self._offset + JTI_BYTES > len(self._entropy):
-            self._entropy, self._offset = os.urandom(4096), 0
-        raw = self._entropy[self._offset : self._offset + JTI_BYTES]
-        self._offset += JTI_BYTES
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        self._new_jti = JtiSource()
 
     async def mint(
         self,

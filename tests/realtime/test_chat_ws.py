@@ -20,10 +20,11 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from server.core.tokens import Channel, Claims, TokenCodec, new_jti
+from server.core.tokens import Channel, Claims, JtiSource, TokenCodec
 from tests.support.procs import RedisProcess, ServerProcess, start_server
 from tests.support.sdk import SdkClient
 
+new_jti = JtiSource()
 KEY = "sk_test_acme_chat_0123456789abcdef"
 OTHER_KEY = "sk_test_globex_chat_0123456789abcdef"
 SECRET = "chat-test-token-secret"
