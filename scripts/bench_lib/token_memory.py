@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from scripts.bench_lib.results import MemoryPoint
 from server.core.ratelimit import parse_rate
-from server.core.tokens import new_jti
+from server.core.tokens import JtiSource
 from server.services.authority import STORE_GRACE_SECONDS
 from server.store import MAX_CONNECTIONS, RedisStore, redis_client
 from server.store.base import Hit
@@ -49,6 +49,7 @@ async def measure(url: str, sizes: Sequence[int], budget: float) -> list[MemoryP
     hits = [Hit("k:bench-memory", parse_rate("1000000/second"))]
     ttl = TOKEN_TTL + STORE_GRACE_SECONDS
     points: list[MemoryPoint] = []
+    new_jti = JtiSource()
     try:
         # Open every pooled connection and create the rate-limit counter before the baseline:
         # each client connection costs Redis ~20 KB of buffers, which is not per-token memory.
