@@ -9,6 +9,7 @@ Single use is one ``DEL`` (exactly one caller sees 1). Any connection failure be
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -47,21 +48,28 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _unavailable(exc: Exception) -> VoiceError:
+    """What a client error means to the caller: the store is down (503), fail closed."""
+    if isinstance(exc, VoiceError):
+        return exc
+    if isinstance(exc, rexc.ClusterDownError):
+        return StoreUnavailable("the token store is unavailable (cluster down)")
+    if not isinstance(exc, _DOWN):
+        # Anything else the client raises, too: e.g. redis-py's connect racing a pool
+        # disconnect during a failover surfaces as an AttributeError.
+        log.warning("store client error %s: %s", type(exc).__name__, exc)
+    return StoreUnavailable(f"the token store is unavailable ({type(exc).__name__})")
+
+
 @asynccontextmanager
 async def _guard() -> AsyncIterator[None]:
     try:
         yield
-    except VoiceError:
-        raise
-    except _DOWN as exc:
-        raise StoreUnavailable(f"the token store is unavailable ({type(exc).__name__})") from exc
-    except rexc.ClusterDownError as exc:
-        raise StoreUnavailable("the token store is unavailable (cluster down)") from exc
     except Exception as exc:
-        # Fail closed on anything else the client raises, too: e.g. redis-py's connect racing
-        # a pool disconnect during a failover surfaces as an AttributeError.
-        log.warning("store client error %s: %s", type(exc).__name__, exc)
-        raise StoreUnavailable(f"the token store is unavailable ({type(exc).__name__})") from exc
+        error = _unavailable(exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 class RedisStore:
@@ -78,9 +86,18 @@ class RedisStore:
         self.url = url
         self._redis = client
         self._sentinels = list(sentinels)  # closed with the store
+        # The hot path (mint, consume) batches concurrent commands on a connection of its own;
+        # a cluster routes per key. The mint script is loaded on each new connection.
+        self._mint_lua = _lua("mint")
+        self._mint_sha = hashlib.sha1(self._mint_lua.encode(), usedforsecurity=False).hexdigest()
+        self._auto = (
+            AutoPipeline(client, check=self._check_fence, hello=[("SCRIPT", "LOAD", self._mint_lua)])
+            if isinstance(client, Redis)
+            else None
+        )
         # Sentinel: token operations pause from a promotion until the client follows it.
         self._fence = (
-            FailoverFence(client, self._sentinels, service)
+            FailoverFence(client, self._sentinels, service, drop=self._auto.drop if self._auto else None)
             if self._sentinels and isinstance(client, Redis)
             else None
         )
@@ -91,11 +108,6 @@ class RedisStore:
         self._bus: Redis = bus if bus is not None else client  # type: ignore[assignment]
         # Bounds commands in flight, so a burst queues here instead of exhausting the pool.
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        # The hot path (mint, consume) batches concurrent commands; a cluster routes per key.
-        self._auto = AutoPipeline(client, check=self._check_fence) if isinstance(client, Redis) else None
-        # EVAL with the text, not EVALSHA: no NOSCRIPT after a restart or a failover, and
-        # hashing ~600 bytes costs Redis about a microsecond.
-        self._mint_lua = _lua("mint")
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(_lua(name)) for name in _SCRIPTS
         }
@@ -122,7 +134,9 @@ class RedisStore:
             for h in active:
                 args += [window_ms(h.limit), h.limit.count]
             keys = [key, *(PREFIX + "rl:" + h.key for h in active)]
-            (flat,) = await self._commands(("EVAL", self._mint_lua, len(keys), *keys, *args))
+            (flat,) = await self._commands(("EVALSHA", self._mint_sha, len(keys), *keys, *args))
+            if _no_script(flat):  # a SCRIPT FLUSH since the connection opened
+                (flat,) = await self._commands(("EVAL", self._mint_lua, len(keys), *keys, *args))
             return _first_refusal(active, [(flat[2 * i], flat[2 * i + 1]) for i in range(len(active))])
         # A cluster refuses multi-slot scripts: the counters and the token write travel in one
         # pipeline fanned out to the shards; a refused mint then deletes its token (a second
@@ -152,10 +166,13 @@ class RedisStore:
         """Run ``commands`` in one round trip: batched with other requests' on a single node,
         one redis-py pipeline (fanned out to the shards) on a cluster."""
         if self._auto is not None:
-            async with _guard():
+            try:
                 replies = await self._auto.execute(*commands)
+            except Exception as exc:
+                raise _unavailable(exc) from exc
             for reply in replies:
-                if isinstance(reply, rexc.ResponseError):  # e.g. READONLY during a failover
+                # e.g. READONLY during a failover; NOSCRIPT is the caller's to handle.
+                if isinstance(reply, rexc.ResponseError) and not _no_script(reply):
                     raise StoreUnavailable(f"the token store refused a write ({type(reply).__name__})")
             return replies
         async with self._slots, _guard(), self._redis.pipeline(transaction=False) as pipe:
@@ -283,6 +300,10 @@ class RedisStore:
             await self._fence.aclose()
         for client in self._sentinels:
             await client.aclose()
+
+
+def _no_script(reply: Any) -> bool:
+    return isinstance(reply, rexc.ResponseError) and str(reply).startswith("NOSCRIPT")
 
 
 def _counting(hits: Sequence[Hit]) -> list[tuple[Any, ...]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import SentinelConnectionPool
@@ -53,8 +54,11 @@ def _text(value: object) -> str:
 
 
 class FailoverFence:
-    def __init__(self, client: Redis, sentinels: list[Redis], service: str) -> None:
+    def __init__(
+        self, client: Redis, sentinels: list[Redis], service: str, drop: Callable[[], None] | None = None
+    ) -> None:
         self._client = client
+        self._drop = drop  # closes connections the pool does not own (the auto-pipeline's)
         self._sentinels = sentinels
         self._service = service
         self._target: tuple[str, int] | None = None  # the promoted master we are waiting for
@@ -139,5 +143,7 @@ class FailoverFence:
             await asyncio.sleep(POLL_SECONDS)
 
     async def _drop_connections(self) -> None:
+        if self._drop is not None:
+            self._drop()
         with contextlib.suppress(Exception):
             await self._client.connection_pool.disconnect(inuse_connections=True)
