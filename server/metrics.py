@@ -41,6 +41,21 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
+        self._minted: dict[tuple[str, str], Counter] = {}
+        self._consumed: dict[str, Counter] = {}
+
+    def count_mint(self, channel: str, path: str) -> None:
+        """``minted.labels(channel, path).inc()``, without the label lookup on every mint."""
+        child = self._minted.get((channel, path))
+        if child is None:
+            child = self._minted[(channel, path)] = self.minted.labels(channel, path)
+        child.inc()
+
+    def count_consume(self, channel: str) -> None:
+        child = self._consumed.get(channel)
+        if child is None:
+            child = self._consumed[channel] = self.consumed.labels(channel)
+        child.inc()
 
     def watch(self, live: Callable[[], Mapping[str, Iterable[tuple[Mapping[str, str], float]]]]) -> None:
         """Expose live values: ``live()`` returns {metric name: [(labels, value), ...]}."""

@@ -6,6 +6,7 @@ The same function runs on registration and on mint, so both sides always agree.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from server.errors import BadRequest
@@ -14,6 +15,7 @@ MAX_AGENT_ID = 128
 _DROP = re.compile(r"[^a-z0-9-]")
 
 
+@functools.lru_cache(maxsize=4096)  # on every mint; a handful of agent ids per node
 def slugify(raw: str) -> str:
     """The canonical form of an agent id; may be empty when nothing usable is left."""
     lowered = raw.strip().lower().replace("_", "-").replace(" ", "-")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import VoiceError
 from server.realtime.chat_ws import chat_endpoint
@@ -22,6 +24,7 @@ from server.web.middleware import AccessLog, CleanPath
 
 log = logging.getLogger("voice.app")
 Hook = Callable[[Node], Awaitable[None]]
+FAST_METHODS = ("GET", "OPTIONS")
 
 
 def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | None = None) -> Starlette:
@@ -40,7 +43,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
             await node.aclose()
 
     routes: list[BaseRoute] = [
-        *tokens.routes(),
+        *tokens.routes(),  # also served from VoiceApp's fast lane
         *webrtc_http.routes(),
         *demo.routes(),
         *whatsapp.routes(),
@@ -51,7 +54,8 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         Route("/readyz", health.readyz),
         Route("/metrics", health.metrics),
     ]
-    return Starlette(
+    return VoiceApp(
+        fast_lane=tokens.fast_lane(),
         routes=routes,
         middleware=[Middleware(CleanPath), Middleware(AccessLog)],
         exception_handlers={
@@ -61,3 +65,25 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         },
         lifespan=lifespan,
     )
+
+
+class VoiceApp(Starlette):
+    """Starlette with a fast lane for the mint routes, which sit on every page load of every
+    customer's app: ``GET``/``OPTIONS`` on their exact paths go straight to the endpoint (behind
+    the access log), past the router and the middleware stack, which ``scripts/bench`` measured
+    at ~20 µs of a ~150 µs mint. The endpoints answer their own errors, so nothing changes on the
+    wire; any other request (``//webrtc/token``, ``HEAD``, ``POST``...) takes the normal way.
+    """
+
+    def __init__(self, *, fast_lane: Mapping[str, ASGIApp], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fast_lane = {path: AccessLog(endpoint) for path, endpoint in fast_lane.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in FAST_METHODS:
+            endpoint = self._fast_lane.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
