@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -38,6 +39,11 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         try:
             if on_ready is not None:
                 await on_ready(node)
+            # What exists after start-up (modules, the node, its caches) lives as long as the
+            # process: out of the collector's sight, a full collection stops walking it. Under
+            # load this took the mint's p99 from ~25 ms to ~8 ms (scripts/bench).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             await node.aclose()
