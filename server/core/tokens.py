@@ -39,6 +39,7 @@ SCOPES = frozenset({"observe", "participate", "supervise"})
 MAX_TOKEN_LENGTH = 8192
 MAX_METADATA_BYTES = 2048
 LEEWAY_SECONDS = 1.0
+MAX_CACHED_SCOPES = 4096
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per call
 
 
@@ -122,26 +123,36 @@ class TokenCodec:
             channel: hmac.new(signer.derive_key(), digestmod=hashlib.sha256)
             for channel, signer in self._signers.items()
         }
+        self._who: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def encode(self, claims: Claims) -> str:
-        payload: dict[str, Any] = {
-            "j": claims.jti,
-            "o": claims.org_id,
-            "a": list(claims.agents),
-            "i": round(claims.issued_at, 3),
-            "e": round(claims.expires_at, 3),
-        }
-        if claims.metadata:
-            payload["m"] = claims.metadata
-        if claims.scope:
-            payload["s"] = claims.scope
-        if claims.call_id:
-            payload["c"] = claims.call_id
-        body = base64_encode(_COMPACT.encode(payload).encode())
+        body = base64_encode(self._payload(claims).encode())
         mac = self._macs[claims.channel].copy()
         mac.update(body)
         signature = base64_encode(mac.digest())
         return PREFIX[claims.channel] + (body + b"." + signature).decode("ascii")
+
+    def _payload(self, claims: Claims) -> str:
+        """The compact JSON of the claims: ``{"j","o","a","i","e"[,"m"][,"s"][,"c"]}``. The org and
+        agents part is encoded once per (org, agents) and reused; the token id is base64url and
+        the times are floats (``repr`` is what the encoder writes), so neither needs escaping."""
+        who = self._who.get((claims.org_id, claims.agents))
+        if who is None:
+            if len(self._who) >= MAX_CACHED_SCOPES:
+                self._who.clear()
+            who = self._who[(claims.org_id, claims.agents)] = _COMPACT.encode(
+                {"o": claims.org_id, "a": list(claims.agents)}
+            )[1:-1]
+        optional: dict[str, Any] = {}
+        if claims.metadata:
+            optional["m"] = claims.metadata
+        if claims.scope:
+            optional["s"] = claims.scope
+        if claims.call_id:
+            optional["c"] = claims.call_id
+        tail = "," + _COMPACT.encode(optional)[1:-1] if optional else ""
+        issued, expires = round(claims.issued_at, 3), round(claims.expires_at, 3)
+        return f'{{"j":"{claims.jti}",{who},"i":{issued!r},"e":{expires!r}{tail}}}'
 
     def decode(self, token: str, expected: Channel, now: float) -> Claims:
         """Verify ``token`` for ``expected``; raise the one error that describes it."""

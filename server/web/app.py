@@ -22,6 +22,7 @@ from server.settings import Settings
 from server.store import Store
 from server.web import agents, demo, errors, health, tokens, webrtc_http, whatsapp
 from server.web.middleware import AccessLog, CleanPath
+from server.web.middleware import log as access_log
 
 log = logging.getLogger("voice.app")
 Hook = Callable[[Node], Awaitable[None]]
@@ -83,11 +84,13 @@ class VoiceApp(Starlette):
 
     def __init__(self, *, fast_lane: Mapping[str, ASGIApp], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._fast_lane = {path: AccessLog(endpoint) for path, endpoint in fast_lane.items()}
+        self._fast_lane = dict(fast_lane)
+        self._logged_lane = {path: AccessLog(endpoint) for path, endpoint in fast_lane.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in FAST_METHODS:
-            endpoint = self._fast_lane.get(scope["path"])
+            lane = self._logged_lane if access_log.isEnabledFor(logging.INFO) else self._fast_lane
+            endpoint = lane.get(scope["path"])
             if endpoint is not None:
                 scope["app"] = self
                 await endpoint(scope, receive, send)

@@ -16,6 +16,7 @@ as bytes (no Request/Response objects; ``scripts/bench`` measured ~10% of the ro
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -38,6 +39,7 @@ from server.services.node import Node
 from server.store.base import AgentRecord, Hit
 
 log = logging.getLogger("voice.http")
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 MAX_STREAM_AGENTS = 16
 _CALL_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 PREFLIGHT_HEADERS = {
@@ -133,16 +135,47 @@ def _cors(origin: Origin | None) -> dict[str, str]:
     return headers
 
 
+Headers = list[tuple[bytes, bytes]]
+_VARY = (b"vary", b"Origin")
+_NO_STORE = (b"cache-control", b"no-store")
+_JSON = (b"content-type", b"application/json")
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
-    headers: dict[str, str]
-    body: dict[str, Any] | None = None
+    headers: Headers
+    body: bytes | None = None  # JSON
+
+
+def _answer(status: int, headers: dict[str, str], body: dict[str, Any] | None = None) -> Answer:
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return Answer(status, raw, None if body is None else _COMPACT.encode(body).encode())
 
 
 def _error(exc: VoiceError, headers: dict[str, str]) -> Answer:
     """The one error shape (CONTRACT §1), as ``server.web.errors`` writes it elsewhere."""
-    return Answer(exc.status, {**exc.headers(), **headers, "Cache-Control": "no-store"}, exc.to_body())
+    return _answer(exc.status, {**exc.headers(), **headers, "Cache-Control": "no-store"}, exc.to_body())
+
+
+@functools.lru_cache(maxsize=256)
+def _json_string(text: str) -> bytes:
+    return _COMPACT.encode(text).encode()
+
+
+def _minted(token: str, server: str, expires_in: int, cors_origin: Origin | None) -> Answer:
+    """The 200 answer, written straight to bytes: it is on every page load (same JSON as
+    ``{"token", "server", "expires_in", "expiresIn"}`` through the encoder)."""
+    headers = [_VARY, _NO_STORE]
+    if cors_origin is not None:
+        headers.insert(1, (b"access-control-allow-origin", str(cors_origin).encode("latin-1")))
+    body = b'{"token":"%b","server":%b,"expires_in":%d,"expiresIn":%d}' % (
+        token.encode("ascii"),  # prefix + base64url + "." + base64url: nothing to escape
+        _json_string(server),
+        expires_in,
+        expires_in,
+    )
+    return Answer(200, headers, body)
 
 
 async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
@@ -208,13 +241,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
             node.metrics.rate_limited.labels("key" if path == "key" else "public").inc()
         return _error(exc, _cors(cors_origin))
     node.metrics.count_mint(channel.value, path)
-    body = {
-        "token": minted.token,
-        "server": records[0].node_url,
-        "expires_in": minted.expires_in,
-        "expiresIn": minted.expires_in,
-    }
-    return Answer(200, {**_cors(cors_origin), "Cache-Control": "no-store"}, body)
+    return _minted(minted.token, records[0].node_url, minted.expires_in, cors_origin)
 
 
 async def preflight(node: Node, request: MintRequest, channel: Channel) -> Answer:
@@ -229,7 +256,7 @@ async def preflight(node: Node, request: MintRequest, channel: Channel) -> Answe
             raise OriginNotAllowed(f"Origin {origin_header[:200]!r} is not allowed for this agent")
     except VoiceError as exc:
         return _error(exc, {"Vary": "Origin"})
-    return Answer(204, {**_cors(origin), **PREFLIGHT_HEADERS})
+    return _answer(204, {**_cors(origin), **PREFLIGHT_HEADERS})
 
 
 class MintEndpoint:
@@ -247,13 +274,13 @@ class MintEndpoint:
         except Exception:
             # What Starlette's error middleware would answer; the fast lane runs without it.
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            answer = Answer(500, {}, {"detail": "Internal server error", "code": "internal_error"})
-        body = b"" if answer.body is None else json.dumps(answer.body, separators=(",", ":")).encode()
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
-        if answer.body is not None:
-            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            answer = _answer(500, {}, {"detail": "Internal server error", "code": "internal_error"})
+        body = answer.body
+        headers = answer.headers
+        if body is not None:
+            headers = [*headers, _JSON, (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body or b""})
 
 
 def fast_lane() -> dict[str, MintEndpoint]:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from itsdangerous import Signer
+from itsdangerous.encoding import base64_decode
 
 from server.core.tokens import (
     LEEWAY_SECONDS,
@@ -59,6 +60,19 @@ def test_signatures_are_exactly_itsdangerous_signer_signatures(channel: Channel)
     body, _, _ = token[len(PREFIX[channel]) :].partition(".")
     signer = Signer(secrets, salt=f"voice-server.token.{channel.value}", digest_method=hashlib.sha256)
     assert token[len(PREFIX[channel]) :] == signer.sign(body).decode()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"metadata": {"a": [1, "ü\"\n"]}, "scope": "observe", "call_id": "c-1"}, {"org_id": 'q"\\ü'}],
+)
+def test_the_payload_is_the_compact_json_of_the_claims(codec: TokenCodec, extra: dict[str, object]) -> None:
+    made = claims(agents=("a", 'b"\u2028'), issued_at=NOW + 0.1234, expires_at=NOW + 60.5, **extra)
+    body = codec.encode(made)[len(PREFIX[made.channel]) :].partition(".")[0]
+    expected = {"j": made.jti, "o": made.org_id, "a": list(made.agents), "i": round(NOW + 0.1234, 3)}
+    expected["e"] = NOW + 60.5
+    expected |= {k: v for k, v in (("m", made.metadata), ("s", made.scope), ("c", made.call_id)) if v}
+    assert base64_decode(body) == json.dumps(expected, separators=(",", ":")).encode()
 
 
 def test_tokens_are_url_safe(codec: TokenCodec) -> None:
