@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from itsdangerous import BadData, Signer
-from itsdangerous.encoding import base64_decode, base64_encode
+from itsdangerous.encoding import base64_decode
 
 from server.errors import BadRequest, TokenExpired, TokenInvalid, TokenWrongChannel
 
@@ -126,10 +126,10 @@ class TokenCodec:
         self._who: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def encode(self, claims: Claims) -> str:
-        body = base64_encode(self._payload(claims).encode())
+        body = base64.urlsafe_b64encode(self._payload(claims).encode()).rstrip(b"=")
         mac = self._macs[claims.channel].copy()
         mac.update(body)
-        signature = base64_encode(mac.digest())
+        signature = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")  # itsdangerous's base64_encode
         return PREFIX[claims.channel] + (body + b"." + signature).decode("ascii")
 
     def _payload(self, claims: Claims) -> str:

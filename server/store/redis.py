@@ -130,13 +130,14 @@ class RedisStore:
             return Verdict(True, 0)
         if self._auto is not None:
             # One command, batched with every concurrent request's: count, judge, write.
-            args: list[Any] = [_ms(ttl)]
+            command: list[Any] = ["EVALSHA", self._mint_sha, len(active) + 1, key]
+            command += [PREFIX + "rl:" + h.key for h in active]
+            command.append(_ms(ttl))
             for h in active:
-                args += [window_ms(h.limit), h.limit.count]
-            keys = [key, *(PREFIX + "rl:" + h.key for h in active)]
-            (flat,) = await self._commands(("EVALSHA", self._mint_sha, len(keys), *keys, *args))
+                command += (window_ms(h.limit), h.limit.count)
+            (flat,) = await self._commands(tuple(command))
             if _no_script(flat):  # a SCRIPT FLUSH since the connection opened
-                (flat,) = await self._commands(("EVAL", self._mint_lua, len(keys), *keys, *args))
+                (flat,) = await self._commands(("EVAL", self._mint_lua, *command[2:]))
             return _first_refusal(active, [(flat[2 * i], flat[2 * i + 1]) for i in range(len(active))])
         # A cluster refuses multi-slot scripts: the counters and the token write travel in one
         # pipeline fanned out to the shards; a refused mint then deletes its token (a second
