@@ -18,9 +18,9 @@ import hmac
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from itsdangerous import BadData, Signer
 from itsdangerous.encoding import base64_decode
@@ -43,15 +43,17 @@ MAX_CACHED_SCOPES = 4096
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per call
 
 
-@dataclass(frozen=True, slots=True)
-class Claims:
+class Claims(NamedTuple):
+    """What a token says. A NamedTuple: immutable, and built on every mint and consume at about
+    half the cost of a frozen dataclass."""
+
     jti: str
     org_id: str
     agents: tuple[str, ...]
     channel: Channel
     issued_at: float
     expires_at: float
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = MappingProxyType({})
     scope: str | None = None
     call_id: str | None = None
 
@@ -135,7 +137,7 @@ class TokenCodec:
     def _payload(self, claims: Claims) -> str:
         """The compact JSON of the claims: ``{"j","o","a","i","e"[,"m"][,"s"][,"c"]}``. The org and
         agents part is encoded once per (org, agents) and reused; the token id is base64url and
-        the times are floats (``repr`` is what the encoder writes), so neither needs escaping."""
+        the times are numbers with millisecond precision, so neither needs escaping."""
         who = self._who.get((claims.org_id, claims.agents))
         if who is None:
             if len(self._who) >= MAX_CACHED_SCOPES:
@@ -151,8 +153,7 @@ class TokenCodec:
         if claims.call_id:
             optional["c"] = claims.call_id
         tail = "," + _COMPACT.encode(optional)[1:-1] if optional else ""
-        issued, expires = round(claims.issued_at, 3), round(claims.expires_at, 3)
-        return f'{{"j":"{claims.jti}",{who},"i":{issued!r},"e":{expires!r}{tail}}}'
+        return f'{{"j":"{claims.jti}",{who},"i":{claims.issued_at:.3f},"e":{claims.expires_at:.3f}{tail}}}'
 
     def decode(self, token: str, expected: Channel, now: float) -> Claims:
         """Verify ``token`` for ``expected``; raise the one error that describes it."""

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from server.core.tokens import Channel, Claims, JtiSource, TokenCodec
 from server.errors import RateLimited, TokenSpent, VoiceError
@@ -23,8 +22,7 @@ Clock = Callable[[], float]
 STORE_GRACE_SECONDS = 3.0
 
 
-@dataclass(frozen=True, slots=True)
-class Minted:
+class Minted(NamedTuple):
     token: str
     claims: Claims
     expires_in: int

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from server.core.apikeys import ApiKey
 from server.core.ratelimit import RateLimit, Verdict
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
+class Hit(NamedTuple):  # per request: a NamedTuple is immutable and ~2x cheaper to build
     """One rate-limit counter to increment (``key`` names the bucket)."""
 
     key: str

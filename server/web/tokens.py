@@ -21,8 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from starlette.routing import Route
@@ -49,8 +48,7 @@ PREFLIGHT_HEADERS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class MintRequest:
+class MintRequest(NamedTuple):
     """What a mint reads from the request, taken from the ASGI scope in one pass."""
 
     params: dict[str, str]  # the query string; the last value of a repeated name wins
@@ -141,8 +139,7 @@ _NO_STORE = (b"cache-control", b"no-store")
 _JSON = (b"content-type", b"application/json")
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     status: int
     headers: Headers
     body: bytes | None = None  # JSON
