@@ -135,9 +135,14 @@ class RedisStore:
             command.append(_ms(ttl))
             for h in active:
                 command += (window_ms(h.limit), h.limit.count)
-            (flat,) = await self._commands(tuple(command))
-            if _no_script(flat):  # a SCRIPT FLUSH since the connection opened
-                (flat,) = await self._commands(("EVAL", self._mint_lua, *command[2:]))
+            try:
+                (flat,) = await self._auto.execute(tuple(command))
+                if _no_script(flat):  # a SCRIPT FLUSH since the connection opened
+                    (flat,) = await self._auto.execute(("EVAL", self._mint_lua, *command[2:]))
+            except Exception as exc:
+                raise _unavailable(exc) from exc
+            if isinstance(flat, rexc.ResponseError):  # e.g. READONLY during a failover
+                raise StoreUnavailable(f"the token store refused a write ({flat})")
             return _first_refusal(active, [(flat[2 * i], flat[2 * i + 1]) for i in range(len(active))])
         # A cluster refuses multi-slot scripts: the counters and the token write travel in one
         # pipeline fanned out to the shards; a refused mint then deletes its token (a second

@@ -120,10 +120,15 @@ def _matching(records: Sequence[AgentRecord], origin_header: str | None) -> Orig
     return matched
 
 
-async def _public_records(node: Node, agents: list[tuple[str, str]], org_id: str | None) -> list[AgentRecord]:
-    if org_id is not None:
-        return [await node.registry.find(org_id, slug, shown_as=shown) for slug, shown in agents]
-    return [await node.registry.find_public(slug, shown_as=shown) for slug, shown in agents]
+async def _records(node: Node, agents: list[tuple[str, str]], org_id: str | None) -> list[AgentRecord]:
+    """The requested agents of ``org_id``, or the published ones when no org is known."""
+    records = []
+    for slug, shown in agents:
+        if org_id is not None:
+            records.append(await node.registry.find(org_id, slug, shown_as=shown))
+        else:
+            records.append(await node.registry.find_public(slug, shown_as=shown))
+    return records
 
 
 def _cors(origin: Origin | None) -> dict[str, str]:
@@ -193,7 +198,9 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
 
         if credential is not None and kind_of(credential) is KeyKind.SECRET:
             key = await node.keys.authenticate(credential, KeyKind.SECRET)
-            records = [await node.registry.find(key.org_id, slug, shown_as=shown) for slug, shown in agents]
+            records = []
+            for slug, shown in agents:  # a loop: an async comprehension is one more coroutine
+                records.append(await node.registry.find(key.org_id, slug, shown_as=shown))
             cors_origin = _matching(records, origin_header) if origin_header else None
             metadata = parse_metadata(params.get("metadata"))
             hits = [Hit("k:" + key.key_id, settings.rate_limit_key)]
@@ -212,7 +219,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
                 )
             if params.get("metadata"):
                 raise BadRequest("metadata can only be sealed by a backend request with a secret API key")
-            records = await _public_records(node, agents, publishable.org_id if publishable else None)
+            records = await _records(node, agents, publishable.org_id if publishable else None)
             cors_origin = _matching(records, origin_header)
             if cors_origin is None:
                 raise OriginNotAllowed(f"Origin {origin_header[:200]!r} is not allowed for this agent")
@@ -247,7 +254,7 @@ async def preflight(node: Node, request: MintRequest, channel: Channel) -> Answe
     try:
         if origin_header is None:
             raise NoCredential("a CORS preflight needs an Origin header")
-        records = await _public_records(node, _agent_ids(request, channel), None)
+        records = await _records(node, _agent_ids(request, channel), None)
         origin = _matching(records, origin_header)
         if origin is None:
             raise OriginNotAllowed(f"Origin {origin_header[:200]!r} is not allowed for this agent")
