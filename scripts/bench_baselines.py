@@ -10,7 +10,10 @@ own). Served by the same server and settings as ours (``scripts/bench`` starts i
   ``{"valid": bool}``: under wrk every request after the first redeems a spent id, which costs
   Redis the same single command, and the error column stays meaningful;
 * ``WS /naive/ws?token=<id>``     → accept, one ``GETDEL``, then ``{"event": "connected"}``
-  or a 1008 close; waits for the client to close (row e1).
+  or a 1008 close; waits for the client to close (row e1);
+* ``WS /floor/ws``                 → the WebSocket floor (row e0): raw ASGI in front of the
+  app, accept, ``{"event": "connected"}``, wait for the close; no framework, no Redis. What any
+  consume path on this server pays per session before doing anything of its own.
 
 The Redis URL comes from ``BENCH_REDIS_URL``.
 """
@@ -27,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 TTL_SECONDS = 60
@@ -69,7 +73,7 @@ async def naive_ws(websocket: WebSocket) -> None:
             pass
 
 
-app = Starlette(
+routes = Starlette(
     routes=[
         Route("/bare", bare),
         Route("/naive/token", naive_token),
@@ -78,3 +82,14 @@ app = Starlette(
     ],
     lifespan=lifespan,
 )
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket" and scope["path"] == "/floor/ws":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": '{"event":"connected"}'})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
+    await routes(scope, receive, send)

@@ -19,13 +19,14 @@ from scripts.bench_lib.servers import Endpoint, Ours, start_baselines, start_our
 from scripts.bench_lib.wrk import Load, WrkFailed, run_wrk
 from scripts.bench_lib.wsload import consume_load, premint
 
-ROW_KEYS = ("a", "b1", "b2", "c", "d", "e1", "e2")
+ROW_KEYS = ("a", "b1", "b2", "c", "d", "e0", "e1", "e2")
 LABELS = {
     "a": "bare JSON route (baseline)",
     "b1": "naive mint: one SET EX (baseline)",
     "b2": "naive redeem: one GETDEL over HTTP (baseline)",
     "c": "our mint, secret key: GET /webrtc/token",
     "d": "our mint, public path (Origin): GET /webrtc/token",
+    "e0": "WS floor: raw ASGI accept + first frame (no Redis)",
     "e1": "naive WS: accept + GETDEL + first frame (baseline)",
     "e2": "our consume: /chat/ws upgrade to chat.connected",
 }
@@ -80,6 +81,8 @@ class Suite:
             url, headers = wrk_rows[key]
             target = baselines if key in ("a", "b1", "b2") else ours.endpoint
             return await self._wrk_row(key, target, url, headers)
+        if key == "e0":
+            return await self._ws_row(key, baselines, None, {}, lambda _: "/floor/ws", "connected")
         if key == "e1":
             return await self._ws_row(
                 key, baselines, "/naive/token", {},
@@ -106,16 +109,21 @@ class Suite:
         self,
         key: str,
         target: Endpoint,
-        mint_path: str,
+        mint_path: str | None,  # None: the row needs no tokens
         headers: dict[str, str],
         ws_path: Callable[[str], str],
         first_event: str,
     ) -> Row:
         plan = self.plan
-        _progress(f"{self.server}: minting {plan.ws_tokens:,} tokens for row {key} (not timed)")
-        began = time.perf_counter()
-        tokens = await premint(LOOPBACK, target.port, mint_path, headers, plan.ws_tokens, plan.ws_concurrency)
-        _progress(f"{self.server}: minted in {time.perf_counter() - began:.1f}s")
+        if mint_path is None:
+            tokens = [""] * plan.ws_tokens
+        else:
+            _progress(f"{self.server}: minting {plan.ws_tokens:,} tokens for row {key} (not timed)")
+            began = time.perf_counter()
+            tokens = await premint(
+                LOOPBACK, target.port, mint_path, headers, plan.ws_tokens, plan.ws_concurrency
+            )
+            _progress(f"{self.server}: minted in {time.perf_counter() - began:.1f}s")
         paths = [ws_path(t) for t in tokens]
         with Stopwatch(target) as watch:
             result = await consume_load(
