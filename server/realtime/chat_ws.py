@@ -36,6 +36,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from server.core.tokens import Channel, Claims
@@ -315,6 +316,19 @@ async def _refuse(websocket: WebSocket, exc: VoiceError) -> None:
     event(log, "chat refused", code=exc.code, detail=exc.detail)
     with contextlib.suppress(Exception):
         await websocket.close(exc.ws_close_code, exc.code)
+
+
+async def chat_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    """``chat_endpoint`` as a plain ASGI app (``VoiceApp``'s fast lane), failing as the router
+    would: an unexpected error is logged and the socket closed with 1011."""
+    websocket = WebSocket(scope, receive, send)
+    try:
+        await chat_endpoint(websocket)
+    except Exception:
+        log.exception("unhandled error in a chat session")
+        if websocket.application_state is not WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close(1011, "internal_error")
 
 
 async def chat_endpoint(websocket: WebSocket) -> None:

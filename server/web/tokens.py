@@ -287,9 +287,9 @@ class MintEndpoint:
         await send({"type": "http.response.body", "body": body or b""})
 
 
-def fast_lane() -> dict[str, MintEndpoint]:
-    """The same endpoints by exact path, for ``VoiceApp``'s fast lane."""
-    return {f"/{c.value}/token": MintEndpoint(c) for c in Channel}
+def fast_lane() -> dict[tuple[str, str], MintEndpoint]:
+    """The same endpoints by (scope type, exact path), for ``VoiceApp``'s fast lane."""
+    return {("http", f"/{c.value}/token"): MintEndpoint(c) for c in Channel}
 
 
 def routes() -> list[Route]:
