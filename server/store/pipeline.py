@@ -152,26 +152,24 @@ class _Connection(asyncio.Protocol):
     ) -> _Connection:
         loop = asyncio.get_running_loop()
         pool = client.connection_pool
-        options = pool.connection_kwargs
+        # A connection object redis-py would use (never connected): its settings, with redis-py's
+        # defaults for what the URL leaves out (localhost, 6379, db 0), and its SSLContext.
+        sample: Any = pool.make_connection()  # type: ignore[no-untyped-call]
         factory = lambda: cls(reply_timeout, check)  # noqa: E731
         if isinstance(pool, SentinelConnectionPool):
             host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
             _, connection = await loop.create_connection(factory, host, port)
-        elif options.get("path"):
-            _, connection = await loop.create_unix_connection(factory, options["path"])
+        elif getattr(sample, "path", None):
+            _, connection = await loop.create_unix_connection(factory, sample.path)
         else:
-            tls = None
-            if issubclass(pool.connection_class, SSLConnection):
-                sample = pool.make_connection()  # type: ignore[no-untyped-call]  # builds the SSLContext
-                assert isinstance(sample, SSLConnection)
-                tls = sample.ssl_context.get()
-            _, connection = await loop.create_connection(factory, options["host"], options["port"], ssl=tls)
+            tls = sample.ssl_context.get() if isinstance(sample, SSLConnection) else None
+            _, connection = await loop.create_connection(factory, sample.host, sample.port, ssl=tls)
         setup: list[Command] = []
-        if options.get("password"):
-            user = [options["username"]] if options.get("username") else []
-            setup.append(("AUTH", *user, options["password"]))
-        if options.get("db"):
-            setup.append(("SELECT", options["db"]))
+        if sample.password:
+            user = [sample.username] if sample.username else []
+            setup.append(("AUTH", *user, sample.password))
+        if sample.db:
+            setup.append(("SELECT", sample.db))
         setup += hello
         try:
             if setup:

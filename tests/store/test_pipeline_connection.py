@@ -187,17 +187,8 @@ async def test_a_unix_socket(redis_factory: StartRedis, stores: OpenStore, db: i
         shutil.rmtree(directory, ignore_errors=True)
 
 
-# redis-py fills in what a URL leaves out (host localhost, port 6379), and the rest of the store
-# (API keys, agents, /healthz ping) connects through it; the pipeline reads connection_kwargs,
-# which hold only what the URL gave.
-DEFAULTS_BUG = (
-    "pipeline._Connection.open indexes connection_kwargs['host'] / ['port'], which redis-py's "
-    "from_url leaves out when the URL omits them (redis-py defaults: localhost, 6379): every "
-    "mint and consume fails with StoreUnavailable (KeyError) while ping works"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=StoreUnavailable, reason=DEFAULTS_BUG)
+# redis-py fills in what a URL leaves out (host localhost, port 6379) and the rest of the store
+# (API keys, agents, /healthz ping) connects through it: the pipeline must reach the same server.
 async def test_a_url_without_a_host_means_localhost(redis_factory: StartRedis, stores: OpenStore) -> None:
     server = redis_factory()
     store = stores(f"redis://:{server.port}/0")
@@ -205,7 +196,6 @@ async def test_a_url_without_a_host_means_localhost(redis_factory: StartRedis, s
     await _round_trip(store, "no-host")
 
 
-@pytest.mark.xfail(strict=True, raises=StoreUnavailable, reason=DEFAULTS_BUG)
 async def test_a_url_without_a_port_means_6379(redis_factory: StartRedis, stores: OpenStore) -> None:
     with socket.socket() as probe:  # something else on 6379 would answer for our server
         try:
