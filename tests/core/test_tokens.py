@@ -64,7 +64,7 @@ def test_signatures_are_exactly_itsdangerous_signer_signatures(channel: Channel)
 
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"metadata": {"a": [1, "ü\"\n"]}, "scope": "observe", "call_id": "c-1"}, {"org_id": 'q"\\ü'}],
+    [{}, {"metadata": {"a": [1, 'ü"\n']}, "scope": "observe", "call_id": "c-1"}, {"org_id": 'q"\\ü'}],
 )
 def test_the_payload_is_the_compact_json_of_the_claims(codec: TokenCodec, extra: dict[str, object]) -> None:
     made = claims(agents=("a", 'b"\u2028'), issued_at=NOW + 0.1234, expires_at=NOW + 60.5, **extra)
