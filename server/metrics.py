@@ -32,7 +32,7 @@ class Metrics:
         )
         self.store_latency = Histogram(
             "voice_store_latency_seconds",
-            "Store round trip (readiness pings and the mint path's token write)",
+            "Store round trip (readiness pings and each batch of token commands)",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )

@@ -68,10 +68,7 @@ class Authority:
             call_id=call_id,
         )
         token = self._codec.encode(claims)
-        started = time.perf_counter()
         verdict = await self._store.issue_token(claims.jti, self._ttl + STORE_GRACE_SECONDS, hits)
-        if self._metrics is not None:
-            self._metrics.store_latency.observe(time.perf_counter() - started)
         if not verdict.allowed:
             raise RateLimited("Too many token requests; slow down", verdict.retry_after)
         return Minted(token, claims, round(self._ttl))

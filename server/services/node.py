@@ -66,6 +66,7 @@ class Node:
         await relay.start()
         await registry.start()
         metrics = Metrics()
+        store.observe_round_trips(metrics.store_latency.observe)
         authority = Authority(TokenCodec(settings.token_secrets), store, settings.token_ttl, metrics=metrics)
         calls = CallRouter()
         limits = SessionLimits(

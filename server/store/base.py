@@ -13,7 +13,7 @@ the store fails closed.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -152,6 +152,11 @@ class Store(TokenStore, KeyStore, AgentStore, MessageStore, Bus, Protocol):
 
     async def ping(self) -> float:
         """Round-trip time in seconds; raises StoreUnavailable."""
+        ...
+
+    def observe_round_trips(self, observe: Callable[[float], None]) -> None:
+        """Report the seconds of each token-path round trip (a batch of mints and consumes) to
+        ``observe``; a store without round trips reports nothing."""
         ...
 
     async def aclose(self) -> None: ...

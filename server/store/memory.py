@@ -205,6 +205,9 @@ class MemoryStore:
     async def ping(self) -> float:
         return 0.0
 
+    def observe_round_trips(self, observe: Callable[[float], None]) -> None:
+        return None  # in-process: no round trips
+
     async def aclose(self) -> None:
         self._values.clear()
         self._expiry.clear()

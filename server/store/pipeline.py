@@ -53,6 +53,7 @@ class AutoPipeline:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
+        self.observe: Callable[[float], None] | None = None  # each batch's round trip, in seconds
 
     def execute(self, *commands: Command) -> asyncio.Future[list[Any]]:
         """Queue ``commands`` (sent back to back, in order); the future gets their replies.
@@ -112,7 +113,7 @@ class AutoPipeline:
         try:
             async with asyncio.timeout(self._timeout):
                 self._connection = await _Connection.open(
-                    self._client, self._hello, reply_timeout=self._timeout, check=self._check
+                    self._client, self._hello, reply_timeout=self._timeout, check=self._check, owner=self
                 )
         except Exception as exc:
             if not isinstance(exc, rexc.RedisError):
@@ -125,21 +126,24 @@ class AutoPipeline:
 
 
 class _Request:
-    __slots__ = ("count", "future", "replies", "sent_at")
+    __slots__ = ("count", "future", "last", "replies", "sent_at")
 
     def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
         self.count = count
         self.future = future
         self.replies: list[Any] = []
         self.sent_at = 0.0
+        self.last = False  # the last request of its batch: its reply ends the round trip
 
 
 class _Connection(asyncio.Protocol):
     """One connection: batches go out whole, each reply goes to the oldest request waiting."""
 
-    def __init__(self, timeout: float, check: Check) -> None:
+    def __init__(self, timeout: float, check: Check, owner: AutoPipeline | None) -> None:
         self._timeout = timeout
         self._check = check
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader(replyError=rexc.ResponseError)  # error replies are values
         self._waiting: collections.deque[_Request] = collections.deque()
         self._transport: asyncio.Transport | None = None
@@ -148,14 +152,20 @@ class _Connection(asyncio.Protocol):
 
     @classmethod
     async def open(
-        cls, client: Redis, hello: Sequence[Command], *, reply_timeout: float, check: Check
+        cls,
+        client: Redis,
+        hello: Sequence[Command],
+        *,
+        reply_timeout: float,
+        check: Check,
+        owner: AutoPipeline | None = None,
     ) -> _Connection:
         loop = asyncio.get_running_loop()
         pool = client.connection_pool
         # A connection object redis-py would use (never connected): its settings, with redis-py's
         # defaults for what the URL leaves out (localhost, 6379, db 0), and its SSLContext.
         sample: Any = pool.make_connection()  # type: ignore[no-untyped-call]
-        factory = lambda: cls(reply_timeout, check)  # noqa: E731
+        factory = lambda: cls(reply_timeout, check, owner)  # noqa: E731
         if isinstance(pool, SentinelConnectionPool):
             host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
             _, connection = await loop.create_connection(factory, host, port)
@@ -191,14 +201,14 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes, batch: list[_Request]) -> None:
         assert self._transport is not None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._loop.time()
         for request in batch:
             request.sent_at = now
+        batch[-1].last = True
         self._waiting.extend(batch)
         self._transport.write(data)
         if self._timer is None:
-            self._timer = loop.call_at(now + self._timeout, self._expire)
+            self._timer = self._loop.call_at(now + self._timeout, self._expire)
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -219,6 +229,8 @@ class _Connection(asyncio.Protocol):
                             head.future.set_exception(exc)
                         else:
                             head.future.set_result(head.replies)
+                    if head.last and self._owner is not None and self._owner.observe is not None:
+                        self._owner.observe(self._loop.time() - head.sent_at)
         except (hiredis.ProtocolError, rexc.InvalidResponse) as exc:
             # Out of step with the server: every reply after this one would go to the wrong request.
             self.abort(rexc.ConnectionError(f"protocol error: {exc}"))

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
@@ -108,6 +108,7 @@ class RedisStore:
         self._bus: Redis = bus if bus is not None else client  # type: ignore[assignment]
         # Bounds commands in flight, so a burst queues here instead of exhausting the pool.
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._observe: Callable[[float], None] | None = None
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(_lua(name)) for name in _SCRIPTS
         }
@@ -184,7 +185,11 @@ class RedisStore:
         async with self._slots, _guard(), self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
-            return list(await pipe.execute())
+            started = time.perf_counter()
+            replies = list(await pipe.execute())
+            if self._observe is not None:
+                self._observe(time.perf_counter() - started)
+            return replies
 
     # -- API keys --------------------------------------------------------------------------
     async def put_key(self, key: ApiKey, digest: str) -> None:
@@ -290,6 +295,11 @@ class RedisStore:
     async def start(self) -> None:
         if self._fence is not None:
             await self._fence.start()
+
+    def observe_round_trips(self, observe: Callable[[float], None]) -> None:
+        self._observe = observe
+        if self._auto is not None:
+            self._auto.observe = observe
 
     async def ping(self) -> float:
         started = time.perf_counter()

@@ -99,11 +99,13 @@ def _agent_ids(request: MintRequest, channel: Channel) -> list[tuple[str, str]]:
     raw = request.params.get("agent_id")
     if raw is None or not raw.strip():
         raise BadRequest("agent_id is required")
-    parts = raw.split(",") if channel is Channel.STREAM else [raw]
+    if channel is not Channel.STREAM:
+        if "," in raw:
+            raise BadRequest("agent_id names one agent (only /stream/token takes a comma-joined list)")
+        return [(agent_slug(raw), raw.strip())]
+    parts = raw.split(",")
     if len(parts) > MAX_STREAM_AGENTS:
         raise BadRequest(f"at most {MAX_STREAM_AGENTS} agents per stream token")
-    if channel is not Channel.STREAM and "," in raw:
-        raise BadRequest("agent_id names one agent (only /stream/token takes a comma-joined list)")
     seen: dict[str, str] = {}
     for part in parts:
         seen.setdefault(agent_slug(part), part.strip())

@@ -515,3 +515,17 @@ async def _no_connections_left(server: RedisProcess) -> None:
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"connections left open after aclose: {clients}")
+
+
+async def test_each_batch_reports_one_round_trip(redis_factory: StartRedis, stores: OpenStore) -> None:
+    """voice_store_latency_seconds is fed per batch: 50 concurrent mints are one observation."""
+    server = redis_factory()
+    store = stores(server.url)
+    seen: list[float] = []
+    store.observe_round_trips(seen.append)
+    await _no_hang(store.issue_token("warm", 60, []))  # opens the connection first
+    seen.clear()
+    await _no_hang(asyncio.gather(*(store.issue_token(f"rt-{i}", 60, []) for i in range(50))))
+    assert len(seen) == 1 and 0 < seen[0] < 10
+    await _no_hang(store.consume_token("rt-0"))
+    assert len(seen) == 2
