@@ -54,6 +54,8 @@ class AutoPipeline:
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
         self.observe: Callable[[float], None] | None = None  # each batch's round trip, in seconds
+        # Run at the start of each flush: they may queue commands that join the batch.
+        self.before_flush: list[Callable[[], None]] = []
 
     def execute(self, *commands: Command) -> asyncio.Future[list[Any]]:
         """Queue ``commands`` (sent back to back, in order); the future gets their replies.
@@ -69,10 +71,14 @@ class AutoPipeline:
             return future
         self._queue.append(_Request(len(commands), future))
         pack_into(self._buffer, commands)
+        self.wake()
+        return future
+
+    def wake(self) -> None:
+        """Make sure a flush runs at the end of this event-loop turn."""
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return future
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def drop(self) -> None:
         """Close the connection (in-flight requests fail); the next batch opens a new one."""
@@ -92,6 +98,8 @@ class AutoPipeline:
         return batch
 
     def _flush(self) -> None:
+        for hook in self.before_flush:
+            hook()
         self._scheduled = False
         if not self._queue:
             return

@@ -9,7 +9,6 @@ Single use is one ``DEL`` (exactly one caller sees 1). Any connection failure be
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -27,6 +26,7 @@ from redis.commands.core import AsyncScript
 from server.core.apikeys import ApiKey, KeyKind
 from server.core.ratelimit import Verdict, judge, window_ms
 from server.errors import StoreUnavailable, VoiceError
+from server.store import mints
 from server.store.base import AgentRecord, Hit, agent_key
 from server.store.pipeline import AutoPipeline
 from server.store.sentinel import FailoverFence
@@ -86,15 +86,14 @@ class RedisStore:
         self.url = url
         self._redis = client
         self._sentinels = list(sentinels)  # closed with the store
-        # The hot path (mint, consume) batches concurrent commands on a connection of its own;
-        # a cluster routes per key. The mint script is loaded on each new connection.
-        self._mint_lua = _lua("mint")
-        self._mint_sha = hashlib.sha1(self._mint_lua.encode(), usedforsecurity=False).hexdigest()
+        # The hot path (mint, consume) batches concurrent commands on a connection of its own,
+        # and the mints of a batch share one script call; a cluster routes per key.
         self._auto = (
-            AutoPipeline(client, check=self._check_fence, hello=[("SCRIPT", "LOAD", self._mint_lua)])
+            AutoPipeline(client, check=self._check_fence, hello=[mints.HELLO])
             if isinstance(client, Redis)
             else None
         )
+        self._mints = mints.MintBatcher(self._auto, PREFIX + "rl:") if self._auto is not None else None
         # Sentinel: token operations pause from a promotion until the client follows it.
         self._fence = (
             FailoverFence(client, self._sentinels, service, drop=self._auto.drop if self._auto else None)
@@ -125,26 +124,16 @@ class RedisStore:
         self._check_fence()
         active = [h for h in hits if h.limit.enabled]
         key = PREFIX + "tok:" + jti
+        if self._mints is not None:
+            # Counted, judged and written in one script call with every concurrent mint's.
+            try:
+                return await self._mints.issue(key, _ms(ttl), active)
+            except Exception as exc:
+                raise _unavailable(exc) from exc
         write = ("SET", key, 1, "PX", _ms(ttl))
         if not active:
             await self._commands(write)
             return Verdict(True, 0)
-        if self._auto is not None:
-            # One command, batched with every concurrent request's: count, judge, write.
-            command: list[Any] = ["EVALSHA", self._mint_sha, len(active) + 1, key]
-            command += [PREFIX + "rl:" + h.key for h in active]
-            command.append(_ms(ttl))
-            for h in active:
-                command += (window_ms(h.limit), h.limit.count)
-            try:
-                (flat,) = await self._auto.execute(tuple(command))
-                if _no_script(flat):  # a SCRIPT FLUSH since the connection opened
-                    (flat,) = await self._auto.execute(("EVAL", self._mint_lua, *command[2:]))
-            except Exception as exc:
-                raise _unavailable(exc) from exc
-            if isinstance(flat, rexc.ResponseError):  # e.g. READONLY during a failover
-                raise StoreUnavailable(f"the token store refused a write ({flat})")
-            return _first_refusal(active, [(flat[2 * i], flat[2 * i + 1]) for i in range(len(active))])
         # A cluster refuses multi-slot scripts: the counters and the token write travel in one
         # pipeline fanned out to the shards; a refused mint then deletes its token (a second
         # trip on that path only).
@@ -178,8 +167,7 @@ class RedisStore:
             except Exception as exc:
                 raise _unavailable(exc) from exc
             for reply in replies:
-                # e.g. READONLY during a failover; NOSCRIPT is the caller's to handle.
-                if isinstance(reply, rexc.ResponseError) and not _no_script(reply):
+                if isinstance(reply, rexc.ResponseError):  # e.g. READONLY during a failover
                     raise StoreUnavailable(f"the token store refused a write ({type(reply).__name__})")
             return replies
         async with self._slots, _guard(), self._redis.pipeline(transaction=False) as pipe:
@@ -316,10 +304,6 @@ class RedisStore:
             await self._fence.aclose()
         for client in self._sentinels:
             await client.aclose()
-
-
-def _no_script(reply: Any) -> bool:
-    return isinstance(reply, rexc.ResponseError) and str(reply).startswith("NOSCRIPT")
 
 
 def _counting(hits: Sequence[Hit]) -> list[tuple[Any, ...]]:

@@ -37,7 +37,7 @@ from tests.support.procs import RedisProcess, free_port, start_redis
 # Generous bounds: the store's reply timeout is 2 s; these only catch a hang.
 NO_HANG = 10.0
 MINT_SHA = hashlib.sha1(
-    resources.files("server.store").joinpath("lua/mint.lua").read_text().encode(), usedforsecurity=False
+    resources.files("server.store").joinpath("lua/mint_batch.lua").read_text().encode(), usedforsecurity=False
 ).hexdigest()
 
 T = TypeVar("T")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+
+import pytest
 
 from server.core.apikeys import ApiKey, KeyKind
 from server.core.ratelimit import RateLimit
@@ -249,3 +252,30 @@ async def _until_gone(read: object) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("still there after 5 s")
+
+
+async def test_concurrent_mints_are_judged_as_if_issued_one_by_one(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    """Mints issued together (coalesced into one script call on a single Redis node) get exactly
+    the verdicts of the same mints issued one after another: each bucket counts every mint, and
+    a token is written only when all its buckets are within their limits. A cluster counts each
+    bucket on its own shard, in arrival order there: no bucket ever allows more than its limit."""
+    limits = {"k:a": RateLimit(3, 60), "k:b": RateLimit(5, 60), "o:c": RateLimit(100, 60)}
+    chooser = random.Random(6)
+    plans = [chooser.sample(sorted(limits), chooser.randint(0, 3)) for _ in range(40)]
+    verdicts = await asyncio.gather(
+        *(store.issue_token(f"co-{i}", 60, [Hit(k, limits[k]) for k in plan]) for i, plan in enumerate(plans))
+    )
+    counts = dict.fromkeys(limits, 0)
+    allowed = dict.fromkeys(limits, 0)
+    for i, (plan, verdict) in enumerate(zip(plans, verdicts, strict=True)):
+        for key in plan:
+            counts[key] += 1
+            allowed[key] += verdict.allowed
+        if request.node.callspec.params["store"] != "cluster":
+            assert verdict.allowed is all(counts[k] <= limits[k].count for k in plan), (i, plan, verdict)
+        assert verdict.allowed or 1 <= verdict.retry_after <= 60
+        assert await store.consume_token(f"co-{i}") is verdict.allowed, (i, plan)
+    assert all(allowed[k] <= limits[k].count for k in limits), allowed
+    assert sum(v.allowed for v in verdicts) < len(plans)  # the limits did bite
