@@ -94,6 +94,9 @@ class MintBatcher:
         keys: list[str],
         args: list[Any],
     ) -> None:
+        if done.cancelled():
+            _fail(mints, rexc.ConnectionError("the store command was cancelled"))
+            return
         try:
             (flat,) = done.result()
         except Exception as exc:
