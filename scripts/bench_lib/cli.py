@@ -85,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
         "--memory-at", type=_sizes, default=None, help="outstanding-token counts (default 1000,100000)"
     )
     p.add_argument("--no-memory", action="store_true", help="skip the Redis bytes-per-token measurement")
+    p.add_argument("--passes", type=_positive, default=1, help="run every row N times; report medians (1)")
     p.add_argument("--quick", action="store_true", help="1 s rows, few tokens: a smoke run (~20 s)")
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs and print where")
     return p
@@ -113,12 +114,18 @@ def _ensure_granian() -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "granian"], check=True, timeout=300)
 
 
-async def _bench(plan: Plan, servers: Sequence[str], memory_at: Sequence[int], children: Children) -> int:
+async def _bench(
+    plan: Plan, servers: Sequence[str], memory_at: Sequence[int], children: Children, passes: int
+) -> int:
     facts = report.machine_facts(wrk_version(), ROOT)  # before we load the machine ourselves
     redis = start_redis(children, "redis")
-    by_server: dict[str, list[Row]] = {}
+    by_server: dict[str, list[list[Row]]] = {}
     for server in servers:
-        by_server[server] = await Suite(plan, children, redis, server).run()
+        by_server[server] = []
+        for number in range(passes):
+            if passes > 1:
+                print(f"  .. pass {number + 1} of {passes}", file=sys.stderr, flush=True)
+            by_server[server].append(await Suite(plan, children, redis, server).run())
     points: list[MemoryPoint] = []
     if memory_at:
         print(f"  .. Redis bytes per token at {', '.join(f'{n:,}' for n in memory_at)}", file=sys.stderr)
@@ -131,8 +138,10 @@ async def _bench(plan: Plan, servers: Sequence[str], memory_at: Sequence[int], c
 
 
 def _print(
-    facts: list[str], plan: Plan, by_server: dict[str, list[Row]], points: Sequence[MemoryPoint]
+    facts: list[str], plan: Plan, runs: dict[str, list[list[Row]]], points: Sequence[MemoryPoint]
 ) -> None:
+    passes = len(next(iter(runs.values())))
+    by_server = {server: report.median_rows(rows) for server, rows in runs.items()}
     load = plan.load
     out = [
         "",
@@ -143,10 +152,14 @@ def _print(
         f"{load.duration}s or {plan.ws_tokens:,} pre-minted tokens; per-request logs "
         f"{'on' if plan.logs else 'off'}",
     ]
+    if passes > 1:
+        out.append(
+            f"{passes} passes: each row is the pass with the median rate; each ratio is the median "
+            "of the ratios within each pass (every pass's value follows it)"
+        )
     for server, rows in by_server.items():
-        out += ["", f"server: {server}", *report.table(rows), "", *report.ratio_lines(
-            report.ratios({r.key: r for r in rows})
-        )]  # fmt: skip
+        medians, per_pass = report.median_ratios(runs[server])
+        out += ["", f"server: {server}", *report.table(rows), "", *report.ratio_lines(medians, per_pass)]
     if len(by_server) > 1:
         out += ["", "uvicorn vs granian (same app, same load)", *report.server_comparison(by_server)]
     if points:
@@ -183,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="voice-bench-"))
     children = Children(workdir)
     try:
-        return _run(_bench(plan, servers, memory_at, children))
+        return _run(_bench(plan, servers, memory_at, children, opts.passes))
     except (ChildFailed, WrkFailed, MintFailed, AgentRefused, TimeoutError) as exc:
         print(f"scripts/bench: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

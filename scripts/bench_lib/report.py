@@ -138,13 +138,36 @@ def ratios(rows: Mapping[str, Row]) -> list[Ratio]:
     ]
 
 
-def ratio_lines(values: Sequence[Ratio]) -> list[str]:
+def median_rows(passes: Sequence[Sequence[Row]]) -> list[Row]:
+    """Per row, the pass with the median rate (a real measurement, not an average)."""
+    out = []
+    for index in range(len(passes[0])):
+        ranked = sorted((rows[index] for rows in passes), key=lambda r: r.result.rate)
+        out.append(ranked[(len(ranked) - 1) // 2])
+    return out
+
+
+def median_ratios(passes: Sequence[Sequence[Row]]) -> tuple[list[Ratio], list[list[float]]]:
+    """Each ratio computed within each pass (rows measured minutes apart), then its median;
+    and every pass's values, for the report."""
+    per_pass = [ratios({r.key: r for r in rows}) for rows in passes]
+    medians = []
+    for position, first in enumerate(per_pass[0]):
+        values = sorted(p[position].value for p in per_pass)
+        medians.append(Ratio(first.name, first.meaning, values[(len(values) - 1) // 2], first.target))
+    return medians, [[p[position].value for p in per_pass] for position in range(len(per_pass[0]))]
+
+
+def ratio_lines(values: Sequence[Ratio], per_pass: Sequence[Sequence[float]] = ()) -> list[str]:
     lines = []
-    for r in values:
+    for position, r in enumerate(values):
         if math.isnan(r.value):
             continue  # a row it needs was not measured (--rows)
         target = f"target {r.target}" if r.target else ""
-        lines.append(f"{r.name:<8} {r.meaning:<42} {r.value:>6.2f}x  {target:<12} {r.verdict()}".rstrip())
+        line = f"{r.name:<8} {r.meaning:<42} {r.value:>6.2f}x  {target:<12} {r.verdict():<6}"
+        if per_pass and len(per_pass[position]) > 1:
+            line += "  passes: " + " ".join(f"{v:.2f}" for v in per_pass[position])
+        lines.append(line.rstrip())
     return lines
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.bench_lib import report
+from scripts.bench_lib.results import Measurement, Row
 from scripts.bench_lib.wrk import WrkFailed, parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +53,26 @@ def test_parse_reads_rate_percentiles_and_count_in_seconds() -> None:
     assert result.p50 == pytest.approx(129e-6)
     assert result.p99 == pytest.approx(2.70e-3)
     assert (result.count, result.errors) == (15788, 0)
+
+
+def _row(key: str, rate: float) -> Row:
+    return Row(key, key, "wrk", Measurement(rate, 0.001, 0.002, int(rate), 0), 1.0, 1.0)
+
+
+def test_passes_report_the_median_row_and_the_median_of_each_passs_ratio() -> None:
+    passes = [
+        [_row("a", 100), _row("c", 70)],  # c/a 0.70
+        [_row("a", 80), _row("c", 40)],  # c/a 0.50
+        [_row("a", 120), _row("c", 72)],  # c/a 0.60
+    ]
+    assert [r.result.rate for r in report.median_rows(passes)] == [100, 70]
+    medians, per_pass = report.median_ratios(passes)
+    c_over_a = next(i for i, r in enumerate(medians) if r.name == "c/a")
+    assert medians[c_over_a].value == pytest.approx(0.60)
+    assert medians[c_over_a].verdict() == "meets"
+    assert per_pass[c_over_a] == pytest.approx([0.70, 0.50, 0.60])
+    line = next(x for x in report.ratio_lines(medians, per_pass) if x.startswith("c/a"))
+    assert line.endswith("passes: 0.70 0.50 0.60")
 
 
 def test_parse_counts_non_2xx_answers_and_every_socket_error() -> None:
