@@ -61,7 +61,11 @@ class MintBatcher:
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), MAX_MINTS_PER_CALL):
-            self._call(pending[start : start + MAX_MINTS_PER_CALL])
+            chunk = pending[start : start + MAX_MINTS_PER_CALL]
+            try:
+                self._call(chunk)
+            except Exception as exc:  # a mint that cannot be sent fails; it never waits forever
+                _fail(chunk, exc)
 
     def _call(self, mints: list[_Mint]) -> None:
         index: dict[str, int] = {}  # bucket key -> position in ``buckets``

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 
+log = logging.getLogger("voice.store")
 Command = tuple[Any, ...]
 Check = Callable[[], None]
 
@@ -99,7 +101,10 @@ class AutoPipeline:
 
     def _flush(self) -> None:
         for hook in self.before_flush:
-            hook()
+            try:
+                hook()
+            except Exception:  # the batch still goes out; the hook fails its own requests
+                log.exception("store: a before-flush hook failed")
         self._scheduled = False
         if not self._queue:
             return

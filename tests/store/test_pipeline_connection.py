@@ -529,3 +529,20 @@ async def test_each_batch_reports_one_round_trip(redis_factory: StartRedis, stor
     assert len(seen) == 1 and 0 < seen[0] < 10
     await _no_hang(store.consume_token("rt-0"))
     assert len(seen) == 2
+
+
+async def test_a_mint_that_cannot_be_sent_fails_instead_of_waiting(
+    redis_factory: StartRedis, stores: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.store import mints
+
+    server = redis_factory()
+    store = stores(server.url)
+
+    def broken(self: mints.MintBatcher, chunk: list[object]) -> None:
+        raise ValueError("cannot pack this")
+
+    monkeypatch.setattr(mints.MintBatcher, "_call", broken)
+    with pytest.raises(StoreUnavailable):
+        await _no_hang(store.issue_token("unsendable", 60, []))
+    assert await _no_hang(store.consume_token("unsendable")) is False  # the pipeline still works
