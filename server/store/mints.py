@@ -87,16 +87,17 @@ class MintBatcher:
         for (_, limit), hits in zip(buckets, counts, strict=True):
             args += (window_ms(limit), limit.count, hits)
         args += plan
-        replies = self._pipeline.execute(("EVALSHA", SHA, len(keys), *keys, *args))
-        replies.add_done_callback(lambda done: self._settle(mints, buckets, done, keys, args))
+        operands = (len(keys), *keys, *args)
+        replies = self._pipeline.execute(("EVALSHA", SHA, *operands))
+        replies.add_done_callback(lambda done: self._settle(mints, buckets, index, done, operands))
 
     def _settle(
         self,
         mints: list[_Mint],
         buckets: list[tuple[str, RateLimit]],
+        index: dict[str, int],
         done: asyncio.Future[list[Any]],
-        keys: list[str],
-        args: list[Any],
+        operands: tuple[Any, ...],
     ) -> None:
         if done.cancelled():
             _fail(mints, rexc.ConnectionError("the store command was cancelled"))
@@ -108,19 +109,18 @@ class MintBatcher:
             return
         if isinstance(flat, rexc.ResponseError) and str(flat).startswith("NOSCRIPT"):
             # A SCRIPT FLUSH since the connection opened: once more with the text.
-            retry = self._pipeline.execute(("EVAL", SCRIPT, len(keys), *keys, *args))
-            retry.add_done_callback(lambda again: self._settle(mints, buckets, again, keys, args))
+            retry = self._pipeline.execute(("EVAL", SCRIPT, *operands))
+            retry.add_done_callback(lambda again: self._settle(mints, buckets, index, again, operands))
             return
         if isinstance(flat, Exception):  # e.g. READONLY during a failover
             _fail(mints, flat)
             return
         counts = [int(flat[2 * i]) for i in range(len(buckets))]
         ttls = [int(flat[2 * i + 1]) for i in range(len(buckets))]
-        position = {key: i for i, (key, _) in enumerate(buckets)}
         for mint in mints:
             verdict, broken = ALLOWED, None
             for hit in mint.hits:
-                b = position[hit.key]
+                b = index[hit.key]
                 if counts[b] < 0:  # the script could not count it (module docstring)
                     broken = hit.key
                     continue

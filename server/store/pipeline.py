@@ -125,9 +125,7 @@ class AutoPipeline:
     async def _connect(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                self._connection = await _Connection.open(
-                    self._client, self._hello, reply_timeout=self._timeout, check=self._check, owner=self
-                )
+                self._connection = await _Connection.open(self)
         except Exception as exc:
             if not isinstance(exc, rexc.RedisError):
                 exc = rexc.ConnectionError(f"cannot connect to the store ({type(exc).__name__}: {exc})")
@@ -152,10 +150,10 @@ class _Request:
 class _Connection(asyncio.Protocol):
     """One connection: batches go out whole, each reply goes to the oldest request waiting."""
 
-    def __init__(self, timeout: float, check: Check, owner: AutoPipeline | None) -> None:
-        self._timeout = timeout
-        self._check = check
-        self._owner = owner
+    def __init__(self, owner: AutoPipeline) -> None:
+        self._owner = owner  # its reply timeout, fence check and round-trip observer apply here
+        self._timeout = owner._timeout
+        self._check = owner._check
         self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader(replyError=rexc.ResponseError)  # error replies are values
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -164,21 +162,13 @@ class _Connection(asyncio.Protocol):
         self.lost = False
 
     @classmethod
-    async def open(
-        cls,
-        client: Redis,
-        hello: Sequence[Command],
-        *,
-        reply_timeout: float,
-        check: Check,
-        owner: AutoPipeline | None = None,
-    ) -> _Connection:
+    async def open(cls, owner: AutoPipeline) -> _Connection:
         loop = asyncio.get_running_loop()
-        pool = client.connection_pool
+        pool = owner._client.connection_pool
         # A connection object redis-py would use (never connected): its settings, with redis-py's
         # defaults for what the URL leaves out (localhost, 6379, db 0), and its SSLContext.
         sample: Any = pool.make_connection()  # type: ignore[no-untyped-call]
-        factory = lambda: cls(reply_timeout, check, owner)  # noqa: E731
+        factory = lambda: cls(owner)  # noqa: E731
         if isinstance(pool, SentinelConnectionPool):
             host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
             _, connection = await loop.create_connection(factory, host, port)
@@ -193,7 +183,7 @@ class _Connection(asyncio.Protocol):
             setup.append(("AUTH", *user, sample.password))
         if sample.db:
             setup.append(("SELECT", sample.db))
-        setup += hello
+        setup += owner._hello
         try:
             if setup:
                 request = _Request(len(setup), loop.create_future())
@@ -242,7 +232,7 @@ class _Connection(asyncio.Protocol):
                             head.future.set_exception(exc)
                         else:
                             head.future.set_result(head.replies)
-                    if head.last and self._owner is not None and self._owner.observe is not None:
+                    if head.last and self._owner.observe is not None:
                         self._owner.observe(self._loop.time() - head.sent_at)
         except (hiredis.ProtocolError, rexc.InvalidResponse) as exc:
             # Out of step with the server: every reply after this one would go to the wrong request.
@@ -252,12 +242,11 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if not self._waiting:
             return
-        loop = asyncio.get_running_loop()
         overdue = self._waiting[0].sent_at + self._timeout
-        if loop.time() >= overdue:
+        if self._loop.time() >= overdue:
             self.abort(rexc.TimeoutError(f"no reply from the store within {self._timeout:g}s"))
         else:
-            self._timer = loop.call_at(overdue, self._expire)
+            self._timer = self._loop.call_at(overdue, self._expire)
 
     def abort(self, error: Exception) -> None:
         self._lose(error)

@@ -200,9 +200,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
 
         if credential is not None and kind_of(credential) is KeyKind.SECRET:
             key = await node.keys.authenticate(credential, KeyKind.SECRET)
-            records = []
-            for slug, shown in agents:  # a loop: an async comprehension is one more coroutine
-                records.append(await node.registry.find(key.org_id, slug, shown_as=shown))
+            records = await _records(node, agents, key.org_id)
             cors_origin = _matching(records, origin_header) if origin_header else None
             metadata = parse_metadata(params.get("metadata"))
             hits = [Hit("k:" + key.key_id, settings.rate_limit_key)]

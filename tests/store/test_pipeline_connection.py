@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import os
 import shutil
@@ -20,7 +19,6 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,15 +28,13 @@ from redis.asyncio import Redis
 
 from server.core.ratelimit import RateLimit, Verdict
 from server.errors import StoreUnavailable
-from server.store import Store, open_store
+from server.store import Store, mints, open_store
 from server.store.base import Hit
 from tests.support.procs import RedisProcess, free_port, start_redis
 
 # Generous bounds: the store's reply timeout is 2 s; these only catch a hang.
 NO_HANG = 10.0
-MINT_SHA = hashlib.sha1(
-    resources.files("server.store").joinpath("lua/mint_batch.lua").read_text().encode(), usedforsecurity=False
-).hexdigest()
+MINT_SHA = mints.SHA
 
 T = TypeVar("T")
 StartRedis = Callable[..., RedisProcess]
@@ -534,8 +530,6 @@ async def test_each_batch_reports_one_round_trip(redis_factory: StartRedis, stor
 async def test_a_mint_that_cannot_be_sent_fails_instead_of_waiting(
     redis_factory: StartRedis, stores: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from server.store import mints
-
     server = redis_factory()
     store = stores(server.url)
 
