@@ -37,10 +37,15 @@ class FakeGraph:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with fake._cond:
                     status = fake._script.pop(0) if fake._script else 200
                     fake._counter += 1
                     number = fake._counter
+                    # Recorded before the answer goes out: a test that saw the answer's effect
+                    # must find the request here.
+                    fake.requests.append(GraphRequest(self.path, headers, json.loads(raw), status))
+                    fake._cond.notify_all()
                 if status == 200:
                     answer: dict[str, Any] = {
                         "messaging_product": "whatsapp",
@@ -55,16 +60,6 @@ class FakeGraph:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                with fake._cond:
-                    fake.requests.append(
-                        GraphRequest(
-                            self.path,
-                            {k.lower(): v for k, v in self.headers.items()},
-                            json.loads(raw),
-                            status,
-                        )
-                    )
-                    fake._cond.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
