@@ -37,9 +37,10 @@ _NOT_CONFIG = frozenset({"event", "agent_id", "allowed_origins"})
 class ClientConnection:
     """One SDK socket: the org it authenticated as, and a serialised writer."""
 
-    def __init__(self, websocket: WebSocket, org_id: str) -> None:
+    def __init__(self, websocket: WebSocket, org_id: str, key_id: str = "") -> None:
         self.websocket = websocket
         self.org_id = org_id
+        self.key_id = key_id  # the API key it authenticated with: a revoke closes the socket
         self.conn_id = "conn_" + secrets.token_hex(6)
         self._lock = asyncio.Lock()
 
@@ -85,7 +86,7 @@ async def _handshake(node: Node, websocket: WebSocket) -> ClientConnection | Non
         await websocket.send_json(error_frame(exc.detail, exc.frame_code))
         await websocket.close(exc.ws_close_code, exc.code)
         return None
-    return ClientConnection(websocket, key.org_id)
+    return ClientConnection(websocket, key.org_id, key.key_id)
 
 
 async def client_endpoint(websocket: WebSocket) -> None:
@@ -134,11 +135,7 @@ async def client_endpoint(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        node.connections.discard(connection)
-        gone = await node.registry.disconnect(connection)
-        for hook in node.on_agent_offline:
-            for record in gone:
-                await hook(record)
+        gone = await node.connection_closed(connection)
         event(
             log,
             "sdk disconnected",

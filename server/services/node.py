@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.core.tokens import TokenCodec
-from server.errors import VoiceError
+from server.core.wire import error_frame
+from server.errors import InvalidApiKey, VoiceError
 from server.metrics import Metrics
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.authority import Authority
@@ -23,6 +24,8 @@ from server.services.whatsapp import WhatsAppService
 from server.settings import Settings
 from server.store import Store, open_store
 from server.store.base import AgentRecord
+
+log = logging.getLogger("voice.node")
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Node:
         metrics.watch(node.live_metrics)
         relay.call_sink = node.deliver_command
         relay.on_invalidate.append(node.agent_gone_elsewhere)
+        relay.on_invalidate.append(node.key_revoked)
         node.on_agent_offline.append(sessions.agent_offline)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
         await node.whatsapp.start()
@@ -104,7 +108,6 @@ class Node:
         try:
             return await agent.start()
         except VoiceError as exc:
-            log = logging.getLogger("voice.node")
             log.warning("mock agent %s not started: %s", settings.mock_agent, exc.detail)
             return None
 
@@ -157,6 +160,28 @@ class Node:
             "voice_draining": [({}, 1.0 if self.draining else 0.0)],
             "voice_webhook_verdicts": verdicts,
         }
+
+    async def connection_closed(self, connection: Any) -> list[AgentRecord]:
+        """A /client socket is gone (or is being closed by us): its agents go offline, once."""
+        self.connections.discard(connection)
+        gone = await self.registry.disconnect(connection)
+        for hook in self.on_agent_offline:
+            for record in gone:
+                await hook(record)
+        return gone
+
+    async def key_revoked(self, kind: str, key: str) -> None:
+        """An API key was revoked (on any node, or by the CLI): the /client sockets that
+        authenticated with it close here, and their agents go offline at once, so nothing can
+        register or mint through a socket opened before the revoke (issue 15)."""
+        if kind != "key":
+            return
+        revoked = InvalidApiKey("API key revoked")
+        for connection in [c for c in self.connections if getattr(c, "key_id", "") == key]:
+            await connection.send(error_frame(revoked.detail, revoked.frame_code))
+            await self.connection_closed(connection)
+            await connection.close(revoked.ws_close_code, revoked.code)
+            log.warning("closed a /client socket whose API key was revoked (key %s)", key)
 
     async def agent_gone_elsewhere(self, kind: str, key: str) -> None:
         """An agent went offline on some node: sessions relayed from here to it end too."""

@@ -273,3 +273,54 @@ async def test_a_relayed_session_ends_when_its_agent_goes_offline(
         with pytest.raises(websockets.ConnectionClosed):
             while True:
                 await asyncio.wait_for(chat.recv(), 5)
+
+
+async def test_a_revoke_closes_the_keys_sdk_sockets_on_every_node(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    """Issue 15: a /client socket opened before a revoke is closed with INVALID_API_KEY
+    (1008, reason invalid_api_key) on whichever node holds it, and its public agent goes
+    offline at once: no mint for it, no new registration through it."""
+    import subprocess
+    import sys
+
+    from tests.support.procs import ROOT
+
+    redis, nodes = cluster
+    env = {"VOICE_STORE_URL": redis.url, "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "server", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    secret = run("keys", "create", "--org", "revoked-org", "--label", "to-revoke").strip().splitlines()[0]
+    key_id = next(
+        line.split("\t")[0] for line in run("keys", "list").splitlines() if "\trevoked-org\t" in line
+    )
+    sdk = await SdkClient.connect(nodes[1].url, secret)
+    created = await sdk.create_agent("public-one", allowed_origins=["https://demo.example.com"])
+    assert created["event"] == "agent.created"
+    origin = {"Origin": "https://demo.example.com"}
+    mint = await http.get(f"{nodes[0].url}/chat/token", params={"agent_id": "public-one"}, headers=origin)
+    assert mint.status_code == 200
+
+    run("keys", "revoke", key_id)  # the CLI, against the store: no node is asked directly
+    frame = await sdk.recv(timeout=5)
+    assert frame["event"] == "error" and frame["code"] == "INVALID_API_KEY"
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await sdk.recv(timeout=5)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "invalid_api_key")
+    for node in nodes:  # the agent is offline everywhere (the cache lasts at most a second)
+        deadline = time.monotonic() + 3
+        while True:
+            refused = await http.get(f"{node.url}/chat/token", params={"agent_id": "public-one"}, headers=origin)
+            if refused.status_code == 404:
+                break
+            assert time.monotonic() < deadline, f"{node.url} still mints for the revoked key's agent"
+            await asyncio.sleep(0.05)
+    with pytest.raises(ConnectionError):
+        await SdkClient.connect(nodes[1].url, secret)
