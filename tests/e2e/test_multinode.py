@@ -317,7 +317,9 @@ async def test_a_revoke_closes_the_keys_sdk_sockets_on_every_node(
     for node in nodes:  # the agent is offline everywhere (the cache lasts at most a second)
         deadline = time.monotonic() + 3
         while True:
-            refused = await http.get(f"{node.url}/chat/token", params={"agent_id": "public-one"}, headers=origin)
+            refused = await http.get(
+                f"{node.url}/chat/token", params={"agent_id": "public-one"}, headers=origin
+            )
             if refused.status_code == 404:
                 break
             assert time.monotonic() < deadline, f"{node.url} still mints for the revoked key's agent"
