@@ -37,7 +37,16 @@ Client = Redis | RedisCluster
 PREFIX = "vs:"
 MAX_IN_FLIGHT = 48
 _DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ReadOnlyError, OSError)
-_SCRIPTS = ("claim_agent", "release_agent", "refresh_agent", "claim_name", "release_name", "pop_list")
+_SCRIPTS = (
+    "claim_agent",
+    "release_agent",
+    "refresh_agent",
+    "claim_name",
+    "release_name",
+    "pop_list",
+    "touch_key",
+    "revoke_key",
+)
 
 
 def _lua(name: str) -> str:
@@ -201,19 +210,12 @@ class RedisStore:
         return sorted(keys, key=lambda k: k.created_at)
 
     async def revoke_key(self, key_id: str, at: float) -> ApiKey | None:
-        key = await self._key(key_id)
-        if key is None or key.revoked_at is not None:
-            return key
-        data = asdict(key) | {"revoked_at": at}
-        await self._run(self._redis.set(PREFIX + "key:" + key_id, json.dumps(data)))
-        return _key_from_json(json.dumps(data))
+        raw = await self._script("revoke_key", [PREFIX + "key:" + key_id], [repr(at)])
+        return None if raw is None else _key_from_json(str(raw))
 
     async def touch_key(self, key_id: str, at: float) -> None:
-        key = await self._key(key_id)
-        if key is not None:
-            data = asdict(key) | {"last_used_at": at}
-            # XX: never resurrect a key deleted in between.
-            await self._run(self._redis.set(PREFIX + "key:" + key_id, json.dumps(data), xx=True))
+        # One field, in one script: never a stale copy over a revoke, never a deleted key revived.
+        await self._script("touch_key", [PREFIX + "key:" + key_id], [repr(at)])
 
     # -- agents ----------------------------------------------------------------------------
     async def claim_agent(self, record: AgentRecord, ttl: float, replace: str | None = None) -> str | None:

@@ -134,6 +134,26 @@ async def test_keys_by_digest_list_touch_revoke(store: Store) -> None:
     assert [k.key_id for k in await store.list_keys()] == ["key_1"]
 
 
+async def test_a_revoke_is_never_undone_by_a_racing_last_used_write(store: Store) -> None:
+    """Issue 15: "last used" writes racing a revoke (forced: many at once, around it) leave the
+    key revoked every time, and keep its other fields; a deleted key is never revived."""
+    for round_ in range(40):
+        key_id = f"key_race_{round_}"
+        await store.put_key(ApiKey(key_id, "acme", KeyKind.SECRET, 10.0, label="racy"), f"race{round_}")
+        touches = [store.touch_key(key_id, 20.0 + i) for i in range(10)]
+        await asyncio.gather(*touches[:5], store.revoke_key(key_id, 30.0), *touches[5:])
+        after = await store.key_by_digest(f"race{round_}")
+        assert after is not None and after.revoked_at == 30.0 and not after.active, round_
+        assert (after.org_id, after.label, after.kind, after.created_at) == (
+            "acme",
+            "racy",
+            KeyKind.SECRET,
+            10.0,
+        )
+    await store.touch_key("key_never_stored", 1.0)
+    assert all(k.key_id != "key_never_stored" for k in await store.list_keys())
+
+
 # -- agents -------------------------------------------------------------------------------------
 async def test_claiming_an_agent_is_exclusive(store: Store) -> None:
     first, second = record("node-a/c1"), record("node-b/c2")
