@@ -291,9 +291,10 @@ async def _admit(node: Node, websocket: WebSocket) -> tuple[ChatSession, list[Me
     if not token:
         raise TokenInvalid("no token in the query string")
     claims = node.authority.verify(token, Channel.CHAT)
-    sealed = claims.metadata.get("threadId")
-    if isinstance(sealed, str) and valid_thread(sealed):
-        thread = sealed  # a backend-sealed thread wins over the browser's (web ChatSession docs)
+    sealed_thread = claims.metadata.get("threadId")
+    sealed = isinstance(sealed_thread, str) and valid_thread(sealed_thread)
+    if sealed:
+        thread = str(sealed_thread)  # a backend-sealed thread wins over the browser's (web ChatSession docs)
     with node.sessions.reserve(claims.org_id) as reservation:
         # Online on any node: frames reach an agent on another node through the relay (CONTRACT §8).
         await node.registry.find(claims.org_id, claims.agent_id)
@@ -301,7 +302,9 @@ async def _admit(node: Node, websocket: WebSocket) -> tuple[ChatSession, list[Me
         settings = node.settings
         history = (
             StoredHistory(
-                node.store, thread_key(claims.org_id, claims.agent_id, thread), settings.chat_history_ttl
+                node.store,
+                thread_key(claims.org_id, claims.agent_id, thread, sealed),
+                settings.chat_history_ttl,
             )
             if thread
             else LocalHistory()

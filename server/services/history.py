@@ -60,9 +60,14 @@ def valid_thread(thread: str) -> bool:
     return bool(_THREAD.match(thread))
 
 
-def thread_key(org_id: str, agent_id: str, thread: str) -> str:
+def thread_key(org_id: str, agent_id: str, thread: str, sealed: bool = True) -> str:
+    """Where a thread's messages live. A thread sealed by the backend (``metadata.threadId``)
+    and one the browser chose (``&thread=``) never share a key, whatever their ids: a browser
+    that passes ``thread=user-42`` cannot read or write the backend's ``user-42`` (issue 15).
+    A browser-chosen id is a bearer secret of that browser (the web widget makes a random one):
+    possession is access, so per-user threads are for the backend to seal."""
     # Agent slugs and thread ids contain no "/", so the key cannot be read two ways.
-    return f"chat:{org_id}/{agent_id}/{thread}"
+    return f"chat:{org_id}/{agent_id}/{thread}" if sealed else f"chat:{org_id}/{agent_id}/b/{thread}"
 
 
 class History(Protocol):

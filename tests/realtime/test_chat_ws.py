@@ -268,9 +268,15 @@ async def test_an_oversized_frame_closes_the_socket(
 
 # -- history ------------------------------------------------------------------------------------
 async def converse(
-    server: ServerProcess, name: str, sdk: SdkClient, thread: str, said: str, reply: str
+    server: ServerProcess,
+    name: str,
+    sdk: SdkClient,
+    thread: str | None,
+    said: str,
+    reply: str,
+    token: str | None = None,
 ) -> None:
-    ws, _ = await open_chat(server, await mint(server, name), thread)
+    ws, _ = await open_chat(server, token or await mint(server, name), thread)
     call_id = (await sdk.wait_for("llm.chat.started"))["call_id"]
     await ws.send(json.dumps({"event": "message", "text": said}))
     await sdk.wait_for("chat.message")
@@ -317,11 +323,37 @@ async def test_a_sealed_thread_id_wins_over_the_query(
 ) -> None:
     name, sdk = agent
     sealed = "sealed-" + uuid.uuid4().hex
-    await converse(server, name, sdk, sealed, "hello", "hi")
+    first = await mint(server, name, metadata={"threadId": sealed})
+    await converse(server, name, sdk, None, "hello", "hi", token=first)
     token = await mint(server, name, metadata={"threadId": sealed})
     ws, _ = await open_chat(server, token, thread="someone-elses-thread")
     assert (await recv(ws))["event"] == "chat.history"
     await ws.close()
+
+
+async def test_a_browser_chosen_thread_never_reaches_a_sealed_one(server: ServerProcess) -> None:
+    """Issue 15: the backend seals threadId=user-42; a browser on an allowed origin (no key)
+    passing &thread=user-42 neither reads that history nor writes into it."""
+    name = agent_name()
+    sdk = await online(server, name, allowed_origins=["https://shop.example.com"])
+    thread = "user-" + uuid.uuid4().hex[:6]
+    sealed_token = await mint(server, name, metadata={"threadId": thread})
+    await converse(server, name, sdk, None, "my card ends 4242", "noted", token=sealed_token)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        public = await http.get(
+            "/chat/token", params={"agent_id": name}, headers={"Origin": "https://shop.example.com"}
+        )
+    assert public.status_code == 200, public.text
+    await converse(server, name, sdk, thread, "intruder", "hello stranger", token=public.json()["token"])
+    ws, _ = await open_chat(server, await mint(server, name, metadata={"threadId": thread}))
+    history = await recv(ws)
+    assert history == {
+        "event": "chat.history",
+        "messages": [{"role": "user", "text": "my card ends 4242"}, {"role": "assistant", "text": "noted"}],
+    }
+    await ws.close()
+    await sdk.wait_for("llm.chat.ended")
+    await sdk.close()
 
 
 async def test_sdk_history_commands_are_all_answered(
