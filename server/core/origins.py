@@ -69,6 +69,7 @@ __all__ = [
     "PUBLIC_SUFFIXES",
     "Origin",
     "OriginPattern",
+    "matched_pattern",
     "origin_allowed",
     "parse_origin",
     "parse_pattern",
@@ -205,6 +206,12 @@ def origin_allowed(patterns: Sequence[OriginPattern], header: str | None) -> Ori
     if origin is None:
         return None
     return origin if any(pattern.matches(origin) for pattern in patterns) else None
+
+
+def matched_pattern(patterns: Sequence[OriginPattern], origin: Origin) -> OriginPattern | None:
+    """The first pattern that lets ``origin`` in: what a public rate-limit bucket is keyed by,
+    so rotating subdomains of ``*.x.com`` or ports of ``http://localhost:*`` share one bucket."""
+    return next((pattern for pattern in patterns if pattern.matches(origin)), None)
 
 
 def _parse_pattern(raw: str) -> OriginPattern:

@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.core.apikeys import KeyKind, kind_of, parse_bearer
 from server.core.clientip import client_ip
-from server.core.origins import Origin, origin_allowed
+from server.core.origins import Origin, matched_pattern, origin_allowed
 from server.core.slugs import agent_slug
 from server.core.tokens import Channel, parse_metadata, parse_scope
 from server.errors import BadRequest, InvalidApiKey, NoCredential, OriginNotAllowed, RateLimited, VoiceError
@@ -120,6 +120,16 @@ def _matching(records: Sequence[AgentRecord], origin_header: str | None) -> Orig
         if matched is None:
             return None
     return matched
+
+
+def _public_bucket(records: Sequence[AgentRecord], origin: Origin, ip: str) -> str:
+    """The public path's rate-limit bucket: the allowed_origins patterns the origin matched
+    (never the concrete origin, which a client can rotate under a wildcard) and the client IP."""
+    matched = []
+    for record in records:
+        pattern = matched_pattern(patterns_of(record.allowed_origins), origin)
+        matched.append(pattern.raw if pattern is not None else str(origin))
+    return "o:" + ",".join(matched) + "|" + ip
 
 
 async def _records(node: Node, agents: list[tuple[str, str]], org_id: str | None) -> list[AgentRecord]:
@@ -224,7 +234,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
             if cors_origin is None:
                 raise OriginNotAllowed(f"Origin {origin_header[:200]!r} is not allowed for this agent")
             ip = client_ip(request.peer, request.forwarded_for, settings.trusted_proxies)
-            hits = [Hit(f"o:{cors_origin}|{ip}", settings.rate_limit_public)]
+            hits = [Hit(_public_bucket(records, cors_origin, ip), settings.rate_limit_public)]
             if publishable is not None:
                 hits.append(Hit("k:" + publishable.key_id, settings.rate_limit_key))
             metadata = {}

@@ -10,6 +10,7 @@ from server.core.origins import (
     MAX_PATTERNS,
     Origin,
     OriginPattern,
+    matched_pattern,
     origin_allowed,
     parse_origin,
     parse_pattern,
@@ -501,3 +502,16 @@ def test_property_exact_pattern_matches_its_own_origin(scheme: str, host: str, p
     pattern = parse_pattern(raw)
     assert origin_allowed([pattern], raw) is not None
     assert origin_allowed([pattern], raw + "0") is None
+
+
+@given(st.integers(min_value=1, max_value=65535), st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True))
+def test_the_matched_pattern_is_the_wildcard_whatever_subdomain_or_port(port: int, label: str) -> None:
+    """Public rate limits key on the pattern that matched, which a client cannot rotate."""
+    patterns = parse_patterns(["https://exact.example.org", "https://*.mysite.com", "http://localhost:*"])
+    sub = parse_origin(f"https://{label}.mysite.com")
+    local = parse_origin(f"http://localhost:{port}")
+    assert sub is not None and local is not None
+    assert matched_pattern(patterns, sub) == patterns[1]
+    assert matched_pattern(patterns, local) == patterns[2]
+    other = parse_origin(f"https://{label}.evil.com")
+    assert other is not None and matched_pattern(patterns, other) is None

@@ -144,22 +144,25 @@ async def test_rate_limit_per_key_answers_429_with_retry_after(server: ServerPro
     await sdk.close()
 
 
-async def test_public_rate_limit_is_per_origin_and_client_ip(server: ServerProcess) -> None:
-    """X-Forwarded-For counts here because the test's peer (127.0.0.1) is a trusted proxy."""
+async def test_public_rate_limit_is_per_matched_pattern_and_client_ip(server: ServerProcess) -> None:
+    """Issue 15: rotating subdomains under ``*.example.net`` or ports under ``localhost:*`` stays
+    in one bucket (the matched pattern + client IP); another client IP has its own. X-Forwarded-For
+    counts here because the test's peer (127.0.0.1) is a trusted proxy."""
     agent = name()
     sdk = await SdkClient.connect(server.url, BOOT_KEY)
-    await sdk.create_agent(agent, allowed_origins=["https://*.example.net"])
+    await sdk.create_agent(agent, allowed_origins=["https://*.example.net", "http://localhost:*"])
     async with httpx.AsyncClient(base_url=server.url) as http:
 
         async def mint(origin: str, ip: str) -> int:
             headers = {"Origin": origin, "X-Forwarded-For": ip}
             return (await http.get("/webrtc/token", params={"agent_id": agent}, headers=headers)).status_code
 
-        first = [await mint("https://a.example.net", "198.51.100.1") for _ in range(4)]
+        rotated = [await mint(f"https://s{i}.example.net", "198.51.100.1") for i in range(4)]
         other_ip = await mint("https://a.example.net", "198.51.100.2")
-        other_origin = await mint("https://b.example.net", "198.51.100.1")
-    assert first == [200, 200, 200, 429]
-    assert other_ip == 200 and other_origin == 200
+        ports = [await mint(f"http://localhost:{3000 + i}", "198.51.100.3") for i in range(4)]
+    assert rotated == [200, 200, 200, 429]
+    assert other_ip == 200
+    assert ports == [200, 200, 200, 429]
     await sdk.close()
 
 
