@@ -11,11 +11,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.core import strictjson
 from server.core.tokens import MAX_TOKEN_LENGTH
 from server.errors import BadRequest
 
@@ -37,7 +37,7 @@ def parse_offer(body: bytes) -> OfferRequest:
     if len(body) > MAX_OFFER_BYTES:
         raise BadRequest(f"the offer body is larger than {MAX_OFFER_BYTES} bytes")
     try:
-        value = json.loads(body)
+        value = strictjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the offer body is not valid JSON") from None
     if not isinstance(value, dict):

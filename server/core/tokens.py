@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from itsdangerous import BadData, Signer
 from itsdangerous.encoding import base64_decode
 
+from server.core import strictjson
 from server.errors import BadRequest, TokenExpired, TokenInvalid, TokenWrongChannel
 
 
@@ -88,7 +89,7 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     if len(raw.encode("utf-8", "surrogateescape")) > MAX_METADATA_BYTES:
         raise BadRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
     try:
-        value = json.loads(raw)
+        value = strictjson.loads(raw)
     except ValueError:
         raise BadRequest("metadata is not valid JSON") from None
     if not isinstance(value, dict):

@@ -6,9 +6,9 @@ that the endpoint turns into an ``error`` frame; nothing here can crash a connec
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from server.core import strictjson
 from server.errors import BadRequest, PayloadTooLarge
 
 Frame = dict[str, Any]
@@ -21,7 +21,7 @@ def parse_frame(text: str | bytes | None, max_bytes: int, key: str = "event") ->
     if size > max_bytes:
         raise PayloadTooLarge(f"frame of {size} bytes is larger than {max_bytes}")
     try:
-        value = json.loads(text)
+        value = strictjson.loads(text)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("frame is not valid JSON") from None
     if not isinstance(value, dict):

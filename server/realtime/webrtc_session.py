@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -26,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from server.core import strictjson
 from server.core.sessionconfig import filter_config
 from server.errors import BadRequest
 from server.log import event
@@ -165,7 +165,7 @@ class WebRtcSession(Session):
         if len(message) > MAX_ACTION_BYTES:
             raise BadRequest(f"data channel messages are limited to {MAX_ACTION_BYTES} bytes")
         try:
-            frame = json.loads(message)
+            frame = strictjson.loads(message)
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("data channel messages are JSON objects with an action") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("action"), str):

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from server.core import strictjson
 from server.core.whatsapp import (
     InboundMessage,
     Reason,
@@ -162,7 +163,7 @@ class WhatsAppService:
     async def receive(self, body: bytes, signature: str | None) -> int:
         """Verify and route one webhook body; how many new events it carried. Raises to refuse."""
         try:
-            payload: Any = json.loads(body)
+            payload: Any = strictjson.loads(body)
         except ValueError:
             payload = None
         numbers = phone_number_ids(payload)
