@@ -30,6 +30,7 @@ from server.core.sessionconfig import filter_config
 from server.errors import BadRequest
 from server.log import event
 from server.realtime.media import SpeechDetector, SpeechEvent, speech_seconds
+from server.services.history import echo_request_id
 from server.services.sessions import Session
 
 if TYPE_CHECKING:
@@ -273,7 +274,8 @@ class WebRtcSession(Session):
     async def _history(self, name: str, frame: Mapping[str, Any]) -> None:
         # Every history.* request is answered: the SDK's promises wait forever otherwise.
         if name == "history.get":
-            await self.send_to_agent({"event": "history.data", "messages": list(self.history)})
+            data = {"event": "history.data", "messages": [{**m, "content": m["text"]} for m in self.history]}
+            await self.send_to_agent(echo_request_id(data, frame))
             return
         if name == "history.set":
             self.history = _messages(frame)
@@ -283,7 +285,9 @@ class WebRtcSession(Session):
         elif name == "history.clear":
             self.history.clear()
         # set_vars / add_context / set_instructions shape the agent's own prompt; nothing to keep.
-        await self.send_to_agent({"event": "history.updated", "count": len(self.history)})
+        await self.send_to_agent(
+            echo_request_id({"event": "history.updated", "count": len(self.history)}, frame)
+        )
 
     def _remember(self, role: str, text: str) -> None:
         self.history.append({"role": role, "text": text})

@@ -141,6 +141,15 @@ def parse_messages(raw: object) -> list[Message]:
     return parsed
 
 
+def echo_request_id(answer: dict[str, Any], frame: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer with the command's ``request_id``: the SDK's requester (kernel/requester.ts)
+    matches replies by it first, so concurrent ``history.*`` calls each get their own answer."""
+    request_id = frame.get("request_id")
+    if isinstance(request_id, str) and 0 < len(request_id) <= 128:
+        return {**answer, "request_id": request_id}
+    return answer
+
+
 def _wire(messages: Sequence[Message]) -> list[dict[str, str]]:
     # The SDK reads {role, content}; the browser reads {role, text}: both are sent.
     return [{"role": m.role, "content": m.text, "text": m.text} for m in messages]
@@ -159,14 +168,14 @@ class Memory:
         """The frames for the agent: the answer, or an ``error`` plus a neutral answer, since
         the SDK's promise waits for the answer by event name whatever happens."""
         try:
-            return [await self.command(frame)]
+            return [echo_request_id(await self.command(frame), frame)]
         except BadRequest as exc:
             fallback: dict[str, Any] = (
                 {"event": "history.data", "messages": _wire(await self.history.read())}
                 if frame.get("event") == "history.get"
                 else {"event": "history.updated", "count": len(await self.history.read())}
             )
-            return [error_frame(exc.detail, exc.frame_code), fallback]
+            return [error_frame(exc.detail, exc.frame_code), echo_request_id(fallback, frame)]
 
     async def command(self, frame: Mapping[str, Any]) -> dict[str, Any]:
         """The answer to one ``history.*`` command (``history.data`` or ``history.updated``).

@@ -385,6 +385,11 @@ async def test_sdk_history_commands_are_all_answered(
     await sdk.send({"event": "history.add", "call_id": call_id, "messages": "nope"})
     assert (await sdk.recv())["event"] == "error"
     assert (await sdk.recv())["event"] == "history.updated", "a malformed command is still answered"
+    # Issue 18: as the SDK's requester sends them, concurrent requests each get their own answer.
+    for index in range(3):
+        await sdk.send({"event": "history.get", "call_id": call_id, "request_id": f"rq_{index}_x"})
+    answers = [await sdk.wait_for("history.data") for _ in range(3)]
+    assert [a["request_id"] for a in answers] == ["rq_0_x", "rq_1_x", "rq_2_x"]
     await ws.close()
 
 

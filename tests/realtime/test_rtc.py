@@ -166,10 +166,10 @@ async def test_history_commands_are_answered(http: httpx.AsyncClient, agent: tup
         call_id = started["call_id"]
         peer.act({"action": "inject_text", "text": "what time is it"})
         await sdk.wait_for("user.message")
-        await sdk.send({"event": "history.get", "call_id": call_id})
+        await sdk.send({"event": "history.get", "call_id": call_id, "request_id": "rq_1_abc"})
         data = await sdk.wait_for("history.data")
-        assert data["call_id"] == call_id
-        assert data["messages"] == [{"role": "user", "text": "what time is it"}]
+        assert data["call_id"] == call_id and data["request_id"] == "rq_1_abc"  # issue 18: echoed
+        assert data["messages"] == [{"role": "user", "content": "what time is it", "text": "what time is it"}]
         await sdk.send(
             {"event": "history.add", "call_id": call_id, "messages": [{"role": "system", "text": "x"}]}
         )
