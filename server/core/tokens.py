@@ -161,8 +161,11 @@ class TokenCodec:
         channel = _channel_of(token)
         if channel is None or len(token) > MAX_TOKEN_LENGTH:
             raise TokenInvalid("token is malformed")
+        signed = token[len(PREFIX[channel]) :]
         try:
-            body = self._signers[channel].unsign(token[len(PREFIX[channel]) :])
+            body = self._signers[channel].unsign(signed)
+            if not all(_canonical(part) for part in signed.split(".")):
+                raise ValueError("not the one encoding we write")
             payload = json.loads(base64_decode(body))
         except (BadData, ValueError):
             raise TokenInvalid("token signature is invalid") from None
@@ -172,6 +175,15 @@ class TokenCodec:
         if channel is not expected:
             raise TokenWrongChannel(f"a {channel.value} token cannot open a {expected.value} session")
         return claims
+
+
+def _canonical(part: str) -> bool:
+    """Exactly the unpadded base64url we write (issue 15): base64 decoders ignore the unused low
+    bits of the last character and accept padding, so one token had several spellings that
+    all verified (and a flipped last character sometimes still did)."""
+    if not part.isascii() or "=" in part:
+        return False
+    return base64.urlsafe_b64encode(base64_decode(part)).rstrip(b"=") == part.encode("ascii")
 
 
 def _channel_of(token: str) -> Channel | None:

@@ -91,6 +91,24 @@ def test_a_flipped_signature_character_is_invalid(codec: TokenCodec) -> None:
         codec.decode(forged, Channel.WEBRTC, NOW)
 
 
+@pytest.mark.parametrize("last", list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+def test_every_other_last_signature_character_is_invalid(codec: TokenCodec, last: str) -> None:
+    """Issue 15 (low): one canonical spelling only; the unused low bits of the last base64
+    character used to let 3 of 64 replacements verify (and the test above fail 1 run in ~20)."""
+    token = codec.encode(claims())
+    if last == token[-1]:
+        return
+    with pytest.raises(TokenInvalid):
+        codec.decode(token[:-1] + last, Channel.WEBRTC, NOW)
+
+
+@pytest.mark.parametrize("suffix", ["=", "==", "\u00e9"])
+def test_padding_and_non_ascii_spellings_are_invalid(codec: TokenCodec, suffix: str) -> None:
+    token = codec.encode(claims())
+    with pytest.raises(TokenInvalid):
+        codec.decode(token + suffix.encode().decode("unicode_escape"), Channel.WEBRTC, NOW)
+
+
 def test_a_payload_edited_to_another_org_is_invalid(codec: TokenCodec) -> None:
     token = codec.encode(claims())
     body, _, signature = token[len("wrtc_") :].rpartition(".")
