@@ -75,7 +75,7 @@ def _messages(frame: Mapping[str, Any]) -> list[dict[str, str]]:
         if isinstance(item, dict):
             role, text = item.get("role"), item.get("text", item.get("content"))
             if isinstance(role, str) and isinstance(text, str):
-                kept.append({"role": role, "text": text})
+                kept.append({"role": role, "content": text, "text": text})
     return kept
 
 
@@ -274,7 +274,7 @@ class WebRtcSession(Session):
     async def _history(self, name: str, frame: Mapping[str, Any]) -> None:
         # Every history.* request is answered: the SDK's promises wait forever otherwise.
         if name == "history.get":
-            data = {"event": "history.data", "messages": [{**m, "content": m["text"]} for m in self.history]}
+            data = {"event": "history.data", "messages": list(self.history)}
             await self.send_to_agent(echo_request_id(data, frame))
             return
         if name == "history.set":
@@ -290,7 +290,7 @@ class WebRtcSession(Session):
         )
 
     def _remember(self, role: str, text: str) -> None:
-        self.history.append({"role": role, "text": text})
+        self.history.append({"role": role, "content": text, "text": text})  # one shape, as chat's
         del self.history[:-MAX_HISTORY]
 
     # -- speaking -----------------------------------------------------------------------------
