@@ -2,8 +2,12 @@
 
 Each key is touched by single-key commands or single-key Lua scripts (shipped as package
 resources in ``lua/``), so the same code runs on standalone Redis, Sentinel and Cluster.
-Single use is one ``DEL`` (exactly one caller sees 1). Any connection failure becomes
-:class:`StoreUnavailable` (503): no token is issued or accepted while Redis is unreachable.
+Single use is one ``GETDEL`` in a script (exactly one caller gets the value). A token's value is
+the run id of the Redis process that wrote it, and a consume accepts only its own process's
+tokens: a token a restart restored from RDB or AOF, or a failover carried to a replica, may have
+been spent in the writes that were lost, so it is refused (README, "Security"). Any connection
+failure becomes :class:`StoreUnavailable` (503): no token is issued or accepted while Redis is
+unreachable.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ _SCRIPTS = (
 
 def _lua(name: str) -> str:
     return resources.files("server.store").joinpath(f"lua/{name}.lua").read_text()
+
+
+CONSUME = _lua("consume_token")  # sent as EVAL: a few hundred bytes, no NOSCRIPT to recover from
+ISSUE = _lua("issue_token")
 
 
 def _ms(seconds: float) -> int:
@@ -139,7 +147,7 @@ class RedisStore:
                 return await self._mints.issue(key, _ms(ttl), active)
             except Exception as exc:
                 raise _unavailable(exc) from exc
-        write = ("SET", key, 1, "PX", _ms(ttl))
+        write = ("EVAL", ISSUE, 1, key, _ms(ttl))
         if not active:
             await self._commands(write)
             return Verdict(True, 0)
@@ -154,8 +162,10 @@ class RedisStore:
 
     async def consume_token(self, jti: str) -> bool:
         self._check_fence()
-        (deleted,) = await self._commands(("DEL", PREFIX + "tok:" + jti))
-        return bool(deleted == 1)
+        (spent,) = await self._commands(("EVAL", CONSUME, 1, PREFIX + "tok:" + jti))
+        if spent == -1:
+            log.info("refused a token written before the token store restarted or failed over")
+        return bool(spent == 1)
 
     async def hit(self, hits: Sequence[Hit]) -> Verdict:
         active = [h for h in hits if h.limit.enabled]

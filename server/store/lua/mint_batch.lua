@@ -7,7 +7,8 @@
 -- every one is within its limit. Returns {count before this batch, ms left} per bucket, from
 -- which the caller replays the same judgement for each mint; {-1, -1} for a bucket that cannot
 -- be counted (not a counter: someone else's key), whose mints are refused and write nothing
--- while the batch's other mints go on.
+-- while the batch's other mints go on. A token's value is the run id of this Redis process
+-- (consume_token.lua refuses a token another process wrote: one restored by a restart).
 local buckets = tonumber(ARGV[1])
 local count, limit, out = {}, {}, {}
 local a = 2
@@ -29,6 +30,7 @@ for b = 1, buckets do
   a = a + 3
 end
 local token = buckets
+local epoch = nil
 while a <= #ARGV do
   token = token + 1
   local ttl, m = ARGV[a], tonumber(ARGV[a + 1])
@@ -43,7 +45,8 @@ while a <= #ARGV do
     end
   end
   if allowed then
-    redis.call('SET', KEYS[token], 1, 'PX', ttl)
+    epoch = epoch or string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+    redis.call('SET', KEYS[token], epoch, 'PX', ttl)
   end
 end
 return out
