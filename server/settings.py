@@ -67,6 +67,10 @@ class Settings:
     session_max_seconds: float = 3600.0
     session_idle_seconds: float = 300.0
     chat_history_ttl: float = 86400.0
+    # Bounds on stored chat threads (issue 15: anonymous users must not fill Redis)
+    chat_thread_max_bytes: int = 128 * 1024
+    chat_threads_per_agent: int = 1000  # in each namespace: sealed by a backend, chosen by browsers
+    chat_threads_per_client: int = 50  # browser-chosen threads of one client IP, per agent
     chat_reply_seconds: float = 60.0  # a chat turn the agent leaves unanswered ends in chat.error
     mock_agent: str = ""  # agent id of the built-in mock agent ("" = none)
     mock_agent_origins: tuple[str, ...] = ()
@@ -117,6 +121,15 @@ class Settings:
             "session_max_seconds": reader.get("VOICE_SESSION_MAX_SECONDS", _positive(float, 86400), 3600.0),
             "session_idle_seconds": reader.get("VOICE_SESSION_IDLE_SECONDS", _positive(float, 86400), 300.0),
             "chat_history_ttl": reader.get("VOICE_CHAT_HISTORY_TTL", _positive(float, 30 * 86400), 86400.0),
+            "chat_thread_max_bytes": reader.get(
+                "VOICE_CHAT_THREAD_MAX_BYTES", _positive(int, 16 * 1024 * 1024), 128 * 1024
+            ),
+            "chat_threads_per_agent": reader.get(
+                "VOICE_CHAT_THREADS_PER_AGENT", _positive(int, 10_000_000), 1000
+            ),
+            "chat_threads_per_client": reader.get(
+                "VOICE_CHAT_THREADS_PER_CLIENT", _positive(int, 100_000), 50
+            ),
             "chat_reply_seconds": reader.get("VOICE_CHAT_REPLY_SECONDS", _positive(float, 3600), 60.0),
             "mock_agent": reader.get("VOICE_MOCK_AGENT", _mock_agent, DEV_MOCK_AGENT if dev else ""),
             "mock_agent_origins": reader.get(

@@ -39,6 +39,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from server.core.clientip import client_ip
 from server.core.tokens import Channel, Claims
 from server.core.wire import Frame, error_frame, parse_frame
 from server.errors import BadRequest, TokenInvalid, VoiceError
@@ -49,11 +50,13 @@ from server.services.history import (
     Memory,
     Message,
     StoredHistory,
+    thread_indexes,
     thread_key,
     valid_thread,
 )
 from server.services.node import Node
 from server.services.sessions import Session
+from server.settings import Settings
 
 log = logging.getLogger("voice.chat")
 MAX_TEXT_CHARS = 4000  # one browser message
@@ -305,6 +308,15 @@ async def _admit(node: Node, websocket: WebSocket) -> tuple[ChatSession, list[Me
                 node.store,
                 thread_key(claims.org_id, claims.agent_id, thread, sealed),
                 settings.chat_history_ttl,
+                max_bytes=settings.chat_thread_max_bytes,
+                indexes=thread_indexes(
+                    claims.org_id,
+                    claims.agent_id,
+                    sealed,
+                    _client_ip(websocket, settings),
+                    settings.chat_threads_per_agent,
+                    settings.chat_threads_per_client,
+                ),
             )
             if thread
             else LocalHistory()
@@ -313,6 +325,11 @@ async def _admit(node: Node, websocket: WebSocket) -> tuple[ChatSession, list[Me
         session = ChatSession(websocket, claims, thread, Memory(history), settings.chat_reply_seconds)
         await node.sessions.start(session, reservation)
     return session, prior
+
+
+def _client_ip(websocket: WebSocket, settings: Settings) -> str:
+    peer = websocket.client.host if websocket.client else None
+    return client_ip(peer, websocket.headers.get("x-forwarded-for"), settings.trusted_proxies)
 
 
 async def _refuse(websocket: WebSocket, exc: VoiceError) -> None:

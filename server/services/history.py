@@ -60,6 +60,16 @@ def valid_thread(thread: str) -> bool:
     return bool(_THREAD.match(thread))
 
 
+def thread_indexes(
+    org_id: str, agent_id: str, sealed: bool, client: str, per_agent: int, per_client: int
+) -> list[tuple[str, int]]:
+    """The indexes a thread is counted in (``StoredHistory``): its agent's, in its namespace,
+    and for a browser-chosen thread its client's too."""
+    if sealed:
+        return [(f"th:{org_id}/{agent_id}/s", per_agent)]
+    return [(f"th:{org_id}/{agent_id}/b", per_agent), (f"th:{org_id}/{agent_id}/c/{client}", per_client)]
+
+
 def thread_key(org_id: str, agent_id: str, thread: str, sealed: bool = True) -> str:
     """Where a thread's messages live. A thread sealed by the backend (``metadata.threadId``)
     and one the browser chose (``&thread=``) never share a key, whatever their ids: a browser
@@ -100,22 +110,45 @@ class LocalHistory:
 
 
 class StoredHistory:
-    """A thread's messages in the shared store: bounded, expiring ``ttl`` after the last write."""
+    """A thread's messages in the shared store: bounded, expiring ``ttl`` after the last write.
 
-    def __init__(self, store: MessageStore, key: str, ttl: float, max_items: int = MAX_MESSAGES) -> None:
+    Every thread is bounded in messages and bytes, and counted in ``indexes`` (name, cap): each
+    keeps its ``cap`` most recently written threads, and a thread pushed out of any of them is
+    deleted. With one index per agent and one per client, what anonymous browsers can store is
+    bounded (README, "Security"): no thread id, however many, grows Redis past the caps."""
+
+    def __init__(
+        self,
+        store: MessageStore,
+        key: str,
+        ttl: float,
+        max_items: int = MAX_MESSAGES,
+        max_bytes: int = 0,
+        indexes: Sequence[tuple[str, int]] = (),
+    ) -> None:
         self._store = store
         self._key = key
         self._ttl = ttl
         self._max = max_items
+        self._max_bytes = max_bytes
+        self._indexes = tuple(indexes)
 
     async def read(self) -> list[Message]:
         found = (Message.from_json(raw) for raw in await self._store.read_list(self._key))
         return [m for m in found if m is not None]
 
     async def append(self, messages: Sequence[Message]) -> int:
+        if not messages:
+            return len(await self._store.read_list(self._key))
+        count = 0
         for message in messages:
-            await self._store.append(self._key, message.to_json(), self._max, self._ttl)
-        return len(await self._store.read_list(self._key))
+            count = await self._store.append(
+                self._key, message.to_json(), self._max, self._ttl, self._max_bytes
+            )
+        for index, cap in self._indexes:
+            for evicted in await self._store.touch_index(index, self._key, cap, self._ttl):
+                await self._store.pop_list(evicted)
+        return count
 
     async def replace(self, messages: Sequence[Message]) -> int:
         await self._store.pop_list(self._key)

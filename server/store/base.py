@@ -120,8 +120,15 @@ class MessageStore(Protocol):
         """True the first time ``key`` is seen within ``ttl`` (webhook redelivery dedupe)."""
         ...
 
-    async def append(self, key: str, item: str, max_items: int, ttl: float) -> None:
-        """Append to a bounded list that expires ``ttl`` after its last write."""
+    async def append(self, key: str, item: str, max_items: int, ttl: float, max_bytes: int = 0) -> int:
+        """Append to a list bounded to ``max_items`` (and ``max_bytes`` of UTF-8 when > 0; the
+        oldest go first, the newest item always stays) that expires ``ttl`` after its last write.
+        Returns how many items it holds."""
+        ...
+
+    async def touch_index(self, index: str, member: str, cap: int, ttl: float) -> list[str]:
+        """Note a write to ``member`` in ``index``, which keeps the ``cap`` most recently written
+        members of the last ``ttl`` seconds; returns the members pushed out, oldest first."""
         ...
 
     async def read_list(self, key: str) -> list[str]: ...

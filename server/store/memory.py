@@ -167,10 +167,30 @@ class MemoryStore:
         self._set("seen:" + key, True, ttl)
         return True
 
-    async def append(self, key: str, item: str, max_items: int, ttl: float) -> None:
+    async def append(self, key: str, item: str, max_items: int, ttl: float, max_bytes: int = 0) -> int:
         items: list[str] = self._get("ls:" + key) or []
         items = [*items, item][-max_items:]
+        if max_bytes > 0:
+            sizes = [len(i.encode()) for i in items]
+            total, drop = sum(sizes), 0
+            while total > max_bytes and drop < len(items) - 1:
+                total -= sizes[drop]
+                drop += 1
+            items = items[drop:]
         self._set("ls:" + key, items, ttl)
+        return len(items)
+
+    async def touch_index(self, index: str, member: str, cap: int, ttl: float) -> list[str]:
+        now = self._clock()
+        written: dict[str, float] = self._get("lx:" + index) or {}
+        written = {m: at for m, at in written.items() if at > now - ttl and m != member}
+        written[member] = now  # newest last: dicts keep insertion order
+        over = max(0, len(written) - cap)
+        evicted = list(written)[:over]
+        for gone in evicted:
+            del written[gone]
+        self._set("lx:" + index, written, ttl)
+        return evicted
 
     async def read_list(self, key: str) -> list[str]:
         return list(self._get("ls:" + key) or [])

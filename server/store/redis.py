@@ -48,6 +48,8 @@ _SCRIPTS = (
     "claim_name",
     "release_name",
     "pop_list",
+    "append_list",
+    "touch_index",
     "touch_key",
     "revoke_key",
 )
@@ -259,13 +261,13 @@ class RedisStore:
     async def first_time(self, key: str, ttl: float) -> bool:
         return bool(await self._run(self._redis.set(PREFIX + "seen:" + key, 1, px=_ms(ttl), nx=True)))
 
-    async def append(self, key: str, item: str, max_items: int, ttl: float) -> None:
-        name = PREFIX + "ls:" + key
-        async with _guard(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(name, item)
-            pipe.ltrim(name, -max_items, -1)
-            pipe.pexpire(name, _ms(ttl))
-            await pipe.execute()
+    async def append(self, key: str, item: str, max_items: int, ttl: float, max_bytes: int = 0) -> int:
+        args = [item, max_items, _ms(ttl), max_bytes]
+        return int(await self._script("append_list", [PREFIX + "ls:" + key], args))
+
+    async def touch_index(self, index: str, member: str, cap: int, ttl: float) -> list[str]:
+        args = [member, cap, _ms(ttl)]
+        return cast("list[str]", await self._script("touch_index", [PREFIX + "lx:" + index], args))
 
     async def read_list(self, key: str) -> list[str]:
         return cast("list[str]", await self._run(self._redis.lrange(PREFIX + "ls:" + key, 0, -1)))
@@ -295,6 +297,37 @@ class RedisStore:
     async def start(self) -> None:
         if self._fence is not None:
             await self._fence.start()
+        await self._check_eviction_policy()
+
+    async def _check_eviction_policy(self) -> str | None:
+        """Warn unless Redis runs with ``maxmemory-policy noeviction`` (README, "Security"):
+        an ``allkeys-*`` policy can evict an org's API key for good, a ``volatile-*`` one agents
+        and unspent tokens. Managed Redis often refuses ``CONFIG``: that is logged, not fatal."""
+        try:
+            async with asyncio.timeout(2.0):
+                policies = await self._eviction_policies()
+        except Exception as exc:  # refused, renamed or unreachable: the server still starts
+            log.info(
+                "could not read Redis maxmemory-policy (%s); it should be noeviction", type(exc).__name__
+            )
+            return None
+        policy = next((p for p in policies if p != "noeviction"), "noeviction")
+        if policy != "noeviction":
+            log.warning(
+                "Redis maxmemory-policy is %s: under memory pressure Redis may evict API keys, agents "
+                "or unspent tokens; set maxmemory-policy noeviction (README, Security)",
+                policy,
+            )
+        return policy
+
+    async def _eviction_policies(self) -> list[str]:
+        if isinstance(self._redis, RedisCluster):  # each node has its own configuration
+            await self._redis.initialize()  # the node map is loaded lazily
+            nodes = self._redis.get_nodes()
+            replies = [await self._redis.config_get("maxmemory-policy", target_nodes=node) for node in nodes]
+        else:
+            replies = [await self._redis.config_get("maxmemory-policy")]
+        return [str(reply.get("maxmemory-policy", "")) for reply in replies]
 
     def observe_round_trips(self, observe: Callable[[float], None]) -> None:
         self._observe = observe

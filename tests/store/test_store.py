@@ -226,6 +226,23 @@ async def test_bounded_lists(store: Store) -> None:
     assert await store.read_list("thread") == []
 
 
+async def test_lists_are_bounded_in_bytes_oldest_first(store: Store) -> None:
+    counts = [await store.append("bytes", "é" * 10, max_items=100, ttl=60, max_bytes=50) for _ in range(4)]
+    assert counts == [1, 2, 2, 2]  # 20 bytes each: two fit in 50
+    assert await store.read_list("bytes") == ["é" * 10] * 2
+    assert await store.append("bytes", "x" * 80, max_items=100, ttl=60, max_bytes=50) == 1
+    assert await store.read_list("bytes") == ["x" * 80], "the newest item always stays"
+
+
+async def test_an_index_keeps_the_most_recently_written_members(store: Store) -> None:
+    assert [await store.touch_index("agent", f"t{i}", cap=3, ttl=60) for i in range(3)] == [[], [], []]
+    assert await store.touch_index("agent", "t0", cap=3, ttl=60) == []  # t0 written again: newest
+    assert await store.touch_index("agent", "t3", cap=3, ttl=60) == ["t1"]
+    assert await store.touch_index("agent", "t4", cap=3, ttl=60) == ["t2"]
+    assert await store.touch_index("agent", "t5", cap=1, ttl=60) == ["t0", "t3", "t4"]
+    assert await store.touch_index("other", "t5", cap=1, ttl=60) == [], "indexes are separate"
+
+
 async def test_publish_reaches_a_subscriber(store: Store) -> None:
     received: list[str] = []
     ready = asyncio.Event()
