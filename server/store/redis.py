@@ -13,6 +13,7 @@ unreachable.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
@@ -40,6 +41,9 @@ T = TypeVar("T")
 Client = Redis | RedisCluster
 PREFIX = "vs:"
 MAX_IN_FLIGHT = 48
+# Every store call answers within this bound, waiting for a slot and redis-py's own retries
+# included: a stalled Redis becomes a 503 after STALL_SECONDS, not after timeout x retries.
+STALL_SECONDS = 2.0
 _DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ReadOnlyError, OSError)
 _SCRIPTS = (
     "claim_agent",
@@ -81,9 +85,10 @@ def _unavailable(exc: Exception) -> VoiceError:
 
 
 @asynccontextmanager
-async def _guard() -> AsyncIterator[None]:
+async def _guard(bound: float | None = STALL_SECONDS) -> AsyncIterator[None]:
     try:
-        yield
+        async with asyncio.timeout(bound):
+            yield
     except Exception as exc:
         error = _unavailable(exc)
         if error is exc:
@@ -131,9 +136,13 @@ class RedisStore:
             name: client.register_script(_lua(name)) for name in _SCRIPTS
         }
 
-    async def _run(self, awaitable: Awaitable[T]) -> T:
-        async with self._slots, _guard():
-            return await awaitable
+    async def _run(self, command: Awaitable[T]) -> T:
+        try:
+            async with _guard(), self._slots:
+                return await command
+        finally:
+            if inspect.iscoroutine(command):
+                command.close()  # a no-op once awaited; timed out waiting for a slot: never started
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self._run(self._scripts[name](keys=keys, args=args))
@@ -191,7 +200,7 @@ class RedisStore:
                 if isinstance(reply, rexc.ResponseError):  # e.g. READONLY during a failover
                     raise StoreUnavailable(f"the token store refused a write ({type(reply).__name__})")
             return replies
-        async with self._slots, _guard(), self._redis.pipeline(transaction=False) as pipe:
+        async with _guard(), self._slots, self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
             started = time.perf_counter()

@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import websockets
 
 from tests.support.procs import ROOT, RedisProcess, ServerProcess, free_port, start_redis, start_server
 from tests.support.sdk import SdkClient
@@ -264,3 +267,74 @@ async def test_a_forged_forwarded_for_line_does_not_escape_the_limit(server: Ser
             statuses.append(response.status_code)
     assert statuses == [200, 200, 200, 429]
     await sdk.close()
+
+
+# A paused Redis (SIGSTOP: connections open, no replies) must cost each request the store's
+# 2 s bound, not socket timeout x retries per store call (9-15 s before the fix; /readyz 6 s).
+STALL_BOUND = 2.0
+STALL_MARGIN = 2.5  # process and scheduling noise on 2 shared cores; the old path took >= 6 s
+
+
+async def test_a_stalled_store_answers_503_within_its_bound() -> None:
+    redis = start_redis()
+    proc = start_server(
+        {
+            "VOICE_TOKEN_SECRET": "s",
+            "VOICE_STORE_URL": redis.url,
+            "VOICE_API_KEYS": f"boot:{BOOT_KEY}",
+            "VOICE_CACHE_SECONDS": "0",  # every request reads the key and the agent from Redis
+        }
+    )
+    try:
+        stored = cli("keys", "create", "--org", "boot", env={"VOICE_STORE_URL": redis.url}).stdout.strip()
+        agent = name()
+        sdk = await SdkClient.connect(proc.url, BOOT_KEY)
+        await sdk.create_agent(agent, allowed_origins=["https://app.example"])
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
+            minted = await http.get(
+                "/chat/token", params={"agent_id": agent}, headers={"Authorization": f"Bearer {stored}"}
+            )
+            assert minted.status_code == 200, minted.text
+            os.kill(redis.proc.pid, signal.SIGSTOP)
+            try:
+                requests = {
+                    "readyz": http.get("/readyz"),
+                    "stored key mint": http.get(
+                        "/chat/token",
+                        params={"agent_id": agent},
+                        headers={"Authorization": f"Bearer {stored}"},
+                    ),
+                    "public mint": http.get(
+                        "/chat/token", params={"agent_id": agent}, headers={"Origin": "https://app.example"}
+                    ),
+                    "agent info": http.get(
+                        f"/api/sdk/agent-info/{agent}", headers={"Authorization": f"Bearer {stored}"}
+                    ),
+                }
+                for what, request in requests.items():
+                    started = time.monotonic()
+                    answer = await request
+                    took = time.monotonic() - started
+                    assert answer.status_code == 503, (what, answer.status_code, answer.text)
+                    assert answer.json()["code"] == "store_unavailable", (what, answer.text)
+                    assert took < STALL_BOUND + STALL_MARGIN, f"{what} took {took:.1f} s"
+                started = time.monotonic()
+                with pytest.raises(
+                    (websockets.exceptions.ConnectionClosed, websockets.exceptions.InvalidStatus)
+                ):
+                    async with websockets.connect(
+                        proc.ws_url + "/chat/ws?token=" + minted.json()["token"]
+                    ) as ws:
+                        await ws.recv()
+                assert time.monotonic() - started < STALL_BOUND + STALL_MARGIN
+            finally:
+                os.kill(redis.proc.pid, signal.SIGCONT)
+            for _ in range(100):  # and the node recovers by itself
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await http.get("/readyz")).status_code == 200
+        await sdk.close()
+    finally:
+        proc.stop()
+        redis.stop()
