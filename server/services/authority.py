@@ -74,19 +74,27 @@ class Authority:
         return Minted(token, claims, round(self._ttl))
 
     def verify(self, token: str, channel: Channel) -> Claims:
-        """Check signature, expiry and channel without consuming (and without the store)."""
-        return self._codec.decode(token, channel, self._clock())
+        """Check signature, expiry and channel without consuming (and without the store). Session
+        paths check before they reserve a slot, so a refusal here counts as a refused consume."""
+        try:
+            return self._codec.decode(token, channel, self._clock())
+        except VoiceError as exc:
+            self._refused(exc)
+            raise
 
     async def consume(self, token: str, channel: Channel) -> Claims:
         """The claims of ``token`` if this is its first use on ``channel``; else the one error."""
         try:
-            claims = self.verify(token, channel)
+            claims = self._codec.decode(token, channel, self._clock())
             if not await self._store.consume_token(claims.jti):
                 raise TokenSpent("token has already been used")
         except VoiceError as exc:
-            if self._metrics is not None:
-                self._metrics.refused.labels("consume", exc.code).inc()
+            self._refused(exc)
             raise
         if self._metrics is not None:
             self._metrics.count_consume(channel.value)
         return claims
+
+    def _refused(self, exc: VoiceError) -> None:
+        if self._metrics is not None:
+            self._metrics.refused.labels("consume", exc.code).inc()

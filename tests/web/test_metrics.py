@@ -14,12 +14,17 @@ from tests.support.procs import ServerProcess, start_server
 from tests.support.sdk import SdkClient
 
 KEY = "sk_test_metrics_0123456789abcdef"
+OTHER_KEY = "sk_test_metrics_other_0123456789"  # its own rate-limit bucket
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     proc = start_server(
-        {"VOICE_TOKEN_SECRET": "m", "VOICE_API_KEYS": f"acme:{KEY}", "VOICE_RATE_LIMIT_KEY": "3/minute"}
+        {
+            "VOICE_TOKEN_SECRET": "m",
+            "VOICE_API_KEYS": f"acme:{KEY},acme:{OTHER_KEY}",
+            "VOICE_RATE_LIMIT_KEY": "3/minute",
+        }
     )
     yield proc
     proc.stop()
@@ -66,3 +71,49 @@ async def test_counters_and_gauges(server: ServerProcess) -> None:
     assert value(text, "voice_draining") == 0
     assert "voice_store_latency_seconds_bucket" in text
     await sdk.close()
+
+
+async def test_refused_consumes_are_counted_whatever_the_reason(server: ServerProcess) -> None:
+    """Forged, wrong-channel and malformed tokens are refused before the store: still counted."""
+    sdk = await SdkClient.connect(server.url, OTHER_KEY)
+    await sdk.create_agent("counted")
+    auth = {"Authorization": f"Bearer {OTHER_KEY}"}
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        before = (await http.get("/metrics")).text
+        chat = (await http.get("/chat/token", params={"agent_id": "counted"}, headers=auth)).json()["token"]
+        body, _, signature = chat.rpartition(".")
+        forged = body + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
+        for token in (forged, "cht_not-a-token"):
+            async with websockets.connect(server.ws_url + f"/chat/ws?token={token}") as ws:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+        sdp = "\r\n".join(
+            [
+                "v=0",
+                "o=- 1 1 IN IP4 127.0.0.1",
+                "s=-",
+                "t=0 0",
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+                "c=IN IP4 0.0.0.0",
+                "a=ice-ufrag:abcd",
+                "a=ice-pwd:abcdefghijklmnopqrstuv",
+                "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
+                "a=setup:actpass",
+                "a=mid:0",
+                "a=rtpmap:111 opus/48000/2",
+                "",
+            ]
+        )
+        offer = await http.post("/webrtc/offer", json={"token": chat, "sdp": sdp, "type": "offer"})
+        assert offer.status_code == 403, offer.text
+        after = (await http.get("/metrics")).text
+    await sdk.close()
+
+    def grew(code: str) -> float:
+        labels = {"stage": "consume", "code": code}
+        return value(after, "voice_tokens_refused_total", **labels) - value(
+            before, "voice_tokens_refused_total", **labels
+        )
+
+    assert grew("token_invalid") == 2
+    assert grew("token_wrong_channel") == 1
