@@ -39,9 +39,13 @@ PREFIX: Mapping[Channel, str] = {Channel.WEBRTC: "wrtc_", Channel.CHAT: "cht_", 
 SCOPES = frozenset({"observe", "participate", "supervise"})
 MAX_TOKEN_LENGTH = 8192
 MAX_METADATA_BYTES = 2048
+MAX_SIGNATURE_OVERHEAD = max(map(len, PREFIX.values())) + 1 + 43  # prefix, ".", base64url SHA-256
 LEEWAY_SECONDS = 1.0
 MAX_CACHED_SCOPES = 4096
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per call
+# Sealed metadata as UTF-8, not \u escapes: 2 KB of emoji would otherwise grow 3x in the JSON
+# and make a token over MAX_TOKEN_LENGTH (strict JSON already refused lone surrogates).
+_COMPACT_UTF8 = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class Claims(NamedTuple):
@@ -129,7 +133,13 @@ class TokenCodec:
         self._who: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def encode(self, claims: Claims) -> str:
+        """The token for ``claims``; BadRequest if it would be longer than ``decode`` accepts."""
         body = base64.urlsafe_b64encode(self._payload(claims).encode()).rstrip(b"=")
+        if len(body) > MAX_TOKEN_LENGTH - MAX_SIGNATURE_OVERHEAD:
+            raise BadRequest(
+                f"the token would be longer than {MAX_TOKEN_LENGTH} characters; seal less metadata "
+                "or name fewer agents"
+            )
         mac = self._macs[claims.channel].copy()
         mac.update(body)
         signature = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")  # itsdangerous's base64_encode
@@ -153,7 +163,7 @@ class TokenCodec:
             optional["s"] = claims.scope
         if claims.call_id:
             optional["c"] = claims.call_id
-        tail = "," + _COMPACT.encode(optional)[1:-1] if optional else ""
+        tail = "," + _COMPACT_UTF8.encode(optional)[1:-1] if optional else ""
         return f'{{"j":"{claims.jti}",{who},"i":{claims.issued_at:.3f},"e":{claims.expires_at:.3f}{tail}}}'
 
     def decode(self, token: str, expected: Channel, now: float) -> Claims:

@@ -12,6 +12,7 @@ from itsdangerous.encoding import base64_decode
 from server.core.tokens import (
     LEEWAY_SECONDS,
     MAX_METADATA_BYTES,
+    MAX_TOKEN_LENGTH,
     PREFIX,
     Channel,
     Claims,
@@ -202,3 +203,19 @@ def test_jtis_are_unique_and_url_safe() -> None:
     ids = {new_jti() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(len(i) == 22 for i in ids)
+
+
+def test_two_kilobytes_of_any_metadata_make_a_usable_token(codec: TokenCodec) -> None:
+    """Metadata within its 2 KB bound always fits the token bound: emoji were 12 characters each
+    as JSON escapes, so 509 of them (2,044 bytes) made a token of ~8,400 characters that no
+    session accepts."""
+    emoji = parse_metadata(json.dumps({"x": "\U0001f600" * 509}, ensure_ascii=False))
+    token = codec.encode(claims(metadata=emoji))
+    assert len(token) <= MAX_TOKEN_LENGTH
+    assert codec.decode(token, Channel.WEBRTC, NOW).metadata == emoji
+
+
+def test_a_token_over_the_length_bound_is_refused_at_mint(codec: TokenCodec) -> None:
+    many = tuple(f"agent-{i:04d}-{'x' * 100}" for i in range(80))
+    with pytest.raises(BadRequest, match="longer than"):
+        codec.encode(claims(agents=many))

@@ -250,6 +250,27 @@ async def test_mint_with_a_key_on_every_channel(
     await sdk.close()
 
 
+async def test_two_kilobytes_of_emoji_metadata_make_a_token_a_session_accepts(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    """509 emoji (2,044 bytes, within the 2 KB bound) used to make a ~8,400-character token that
+    every session refused as malformed."""
+    name = agent_name()
+    sdk = await online(server, name)
+    metadata = {"x": "\U0001f600" * 509}
+    response = await http.get(
+        "/chat/token",
+        params={"agent_id": name, "metadata": json.dumps(metadata, ensure_ascii=False)},
+        headers=bearer(KEY_A),
+    )
+    assert response.status_code == 200, response.text
+    token = response.json()["token"]
+    assert len(token) <= 8192
+    async with websockets.connect(server.ws_url + f"/chat/ws?token={token}") as chat:
+        assert json.loads(await asyncio.wait_for(chat.recv(), 10))["event"] == "chat.connected"
+    await sdk.close()
+
+
 async def test_a_stream_token_names_several_agents(server: ServerProcess, http: httpx.AsyncClient) -> None:
     one, two = agent_name(), agent_name()
     a, b = await online(server, one), await online(server, two)
