@@ -18,6 +18,7 @@ from server.services.authority import Authority
 from server.services.calls import CallRouter
 from server.services.keys import KeyService
 from server.services.mock_agent import MockAgent
+from server.services.presence import NodePresence
 from server.services.relay import Relay
 from server.services.sessions import SessionLimits, SessionManager
 from server.services.whatsapp import WhatsAppService
@@ -45,6 +46,7 @@ class Node:
     on_agent_offline: list[Callable[[AgentRecord], Awaitable[None]]] = field(default_factory=list)
     # Run at shutdown after every session has ended (e.g. close WebRTC peers still mid-offer).
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    presence: NodePresence | None = None  # one live process per VOICE_NODE_ID
     mock_agent: MockAgent | None = None  # VOICE_MOCK_AGENT (dev mode: agent "demo")
     whatsapp: WhatsAppService = field(init=False)  # webhooks and conversations (CONTRACT §7)
 
@@ -52,6 +54,13 @@ class Node:
     async def open(cls, settings: Settings, store: Store | None = None) -> Node:
         store = store if store is not None else open_store(settings.store_url)
         await store.start()
+        # Before the registry: it takes back agents recorded under this node id.
+        presence = NodePresence(store, settings.node_id, settings.agent_heartbeat_ttl)
+        try:
+            await presence.start()
+        except BaseException:
+            await store.aclose()
+            raise
         keys = KeyService(store, cache_seconds=settings.cache_seconds, bus=store)
         keys.configure(settings.bootstrap_keys)
         registry = AgentRegistry(
@@ -79,7 +88,9 @@ class Node:
             settings.session_idle_seconds,
         )
         sessions = SessionManager(registry, calls, limits)
-        node = cls(settings, store, keys, authority, registry, calls, sessions, relay, metrics)
+        node = cls(
+            settings, store, keys, authority, registry, calls, sessions, relay, metrics, presence=presence
+        )
         metrics.watch(node.live_metrics)
         relay.call_sink = node.deliver_command
         relay.on_invalidate.append(node.agent_gone_elsewhere)
@@ -212,4 +223,6 @@ class Node:
             await hook()
         await self.registry.stop()
         await self.relay.stop()
+        if self.presence is not None:
+            await self.presence.stop()
         await self.store.aclose()

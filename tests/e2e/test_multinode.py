@@ -326,3 +326,28 @@ async def test_a_revoke_closes_the_keys_sdk_sockets_on_every_node(
             await asyncio.sleep(0.05)
     with pytest.raises(ConnectionError):
         await SdkClient.connect(nodes[1].url, secret)
+
+
+async def test_a_second_process_with_the_same_node_id_is_refused_at_start(
+    cluster: tuple[RedisProcess, list[ServerProcess]],
+) -> None:
+    """Two live processes under one VOICE_NODE_ID took each other's agents for their own, which
+    silently defeated AGENT_IN_USE; the second now stops at start-up, naming the variable."""
+    redis, _ = cluster
+    env = node_env(redis, "node-twin")
+    first = start_server(env)
+    try:
+        with pytest.raises(RuntimeError, match="server failed to start") as refused:
+            start_server(env)
+        assert "VOICE_NODE_ID 'node-twin' is in use by another running node" in str(refused.value)
+        async with httpx.AsyncClient() as http:  # the first is untouched
+            assert (await http.get(first.url + "/readyz")).status_code == 200
+    finally:
+        first.stop()
+    # A clean stop releases the id: the same id starts again, and after a crash too.
+    again = start_server(env)
+    again.kill()
+    started = time.monotonic()
+    after_crash = start_server(env)
+    after_crash.stop()
+    print(f"restart after a crash took {time.monotonic() - started:.1f} s")
