@@ -33,6 +33,7 @@ from server.core.whatsapp import (
     WebhookEvent,
     channel_secrets,
     event_from_dict,
+    parse_signature,
     parse_webhook,
     phone_number_ids,
     safe_challenge,
@@ -169,10 +170,26 @@ class WhatsAppService:
         numbers = phone_number_ids(payload)
         if len(numbers) > MAX_NUMBERS:
             raise BadRequest(f"a webhook may name at most {MAX_NUMBERS} phone numbers")
-        owners = {pnid: await self.registry.find_channel("whatsapp", pnid) for pnid in numbers}
         server = self.settings.whatsapp_app_secrets
-        sets = [channel_secrets(_channel(owners[p], p)) + server for p in numbers] or [server]
-        self._check(body, signature, sets, numbers)
+        if server and not isinstance(parse_signature(signature), bytes):
+            # A server-wide secret applies to every number, and this header cannot be a
+            # signature: refused before any store lookup.
+            self._verify(body, signature, server, numbers)
+        # One lookup per number, each checked as soon as its secrets are known: a forged or
+        # missing signature costs one store lookup, not one per number the body names.
+        owners: dict[str, AgentRecord | None] = {}
+        unsigned = not numbers and not server
+        for pnid in numbers:
+            owners[pnid] = await self.registry.find_channel("whatsapp", pnid)
+            secrets = channel_secrets(_channel(owners[pnid], pnid)) + server
+            if secrets:
+                self._verify(body, signature, secrets, numbers)
+            else:
+                unsigned = True
+        if not numbers and server:
+            self._verify(body, signature, server, numbers)
+        if unsigned:
+            self._no_secret(numbers)
         if payload is None:
             event(
                 log,
@@ -186,27 +203,27 @@ class WhatsAppService:
             accepted += await self._accept(ev, owners.get(ev.phone_number_id))
         return accepted
 
-    def _check(
-        self, body: bytes, signature: str | None, sets: list[tuple[str, ...]], numbers: list[str]
+    def _verify(
+        self, body: bytes, signature: str | None, secrets: tuple[str, ...], numbers: list[str]
     ) -> None:
-        for secrets in sets:
-            if not secrets:
-                continue
-            verdict = verify_signature(body, signature, secrets)
-            if not verdict.ok:
-                self.refused[verdict.reason.value] += 1
-                why = verdict.reason.value + (f" ({verdict.detail})" if verdict.detail else "")
-                event(
-                    log,
-                    f"whatsapp webhook refused: X-Hub-Signature-256 {why}",
-                    logging.WARNING,
-                    reason=verdict.reason.value,
-                    phone_number_ids=numbers,
-                    secrets_tried=len(secrets),
-                )
-                raise SignatureError(f"X-Hub-Signature-256 did not verify: {why}")
-        if all(sets):
+        verdict = verify_signature(body, signature, secrets)
+        if verdict.ok:
             return
+        self.refused[verdict.reason.value] += 1
+        why = verdict.reason.value + (f" ({verdict.detail})" if verdict.detail else "")
+        event(
+            log,
+            f"whatsapp webhook refused: X-Hub-Signature-256 {why}",
+            logging.WARNING,
+            reason=verdict.reason.value,
+            phone_number_ids=numbers,
+            secrets_tried=len(secrets),
+        )
+        raise SignatureError(f"X-Hub-Signature-256 did not verify: {why}")
+
+    def _no_secret(self, numbers: list[str]) -> None:
+        """A number no secret applies to: refused while signatures are required, else accepted
+        with a warning (and counted)."""
         if self.settings.whatsapp_require_signature:
             self.refused[Reason.NO_SECRET.value] += 1
             event(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from server.core.whatsapp import sample_payload, sign
+from server.core.whatsapp import phone_number_ids, sample_payload, sign
 from server.errors import BadRequest, RegistrationError, SignatureError, SignatureRequired, VerifyTokenInvalid
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.calls import CallRouter
@@ -452,3 +452,53 @@ async def test_a_number_last_owned_by_another_org_cannot_be_taken_while_its_clai
         await stack.registry.add_channel(intruder, "grabber", {"type": "whatsapp", "ref": "10001"})
     same_org = await stack.agent("acme", "support", "10001")  # moving a number inside the org is fine
     assert same_org.org_id == "acme"
+
+
+def _many_numbers(first: str, count: int) -> bytes:
+    payload = sample_payload(first, "15550001", "hola", "wamid." + secrets.token_hex(6))
+    entry = payload["entry"][0]
+    payload["entry"] = [
+        {
+            **entry,
+            "changes": [
+                {
+                    **c,
+                    "value": {
+                        **c["value"],
+                        "metadata": {**c["value"]["metadata"], "phone_number_id": str(n)},
+                    },
+                }
+                for c in entry["changes"]
+            ],
+        }
+        for n in [first, *(str(900000 + i) for i in range(count - 1))]
+    ]
+    return json.dumps(payload).encode()
+
+
+@pytest.mark.parametrize("header", ["forged", None, "sha1=abcd"])
+@pytest.mark.parametrize("server_secret", [False, True])
+async def test_a_bad_signature_costs_at_most_one_lookup_however_many_numbers(
+    store: Store, graph: FakeGraph, header: str | None, server_secret: bool
+) -> None:
+    """A body naming 64 numbers cost 64 store lookups before its bad signature was refused."""
+    s = await open_stack(store, graph, whatsapp_app_secrets=("server-wide",) if server_secret else ())
+    try:
+        await s.agent("org", "bot", "111")
+        body = _many_numbers("111", 64)
+        assert len(phone_number_ids(json.loads(body))) == 64
+        looked_up: list[str] = []
+        find = s.registry.find_channel
+
+        async def counting(kind: str, ref: str) -> Any:
+            looked_up.append(ref)
+            return await find(kind, ref)
+
+        s.registry.find_channel = counting  # type: ignore[method-assign]
+        presented = sign(body, "not-the-secret") if header == "forged" else header
+        with pytest.raises(SignatureError):
+            await s.service.receive(body, presented)
+        assert len(looked_up) <= (1 if header == "forged" or not server_secret else 0)
+    finally:
+        await s.service.aclose()
+        await s.registry.stop()
