@@ -6,7 +6,8 @@ error ``code`` as reason, and nothing sent before it (a client must see the clos
 ``recv``): bad ``thread`` → ``bad_request``; forged, expired or wrong-channel token (checked by
 arithmetic, nothing spent); no room → 1013 ``at_capacity``; agent online on no node →
 ``agent_not_online``; only then the token is consumed (``token_spent`` on a second use). A slot
-is reserved before the consume, so a refused session never burns its token.
+is reserved before the consume, so a refused session never burns its token
+(:mod:`server.services.admission`, shared with WebRTC).
 
 Then ``chat.connected {session_id}`` first, ``chat.history`` when the thread has messages, and:
 
@@ -44,6 +45,7 @@ from server.core.tokens import Channel, Claims
 from server.core.wire import Frame, error_frame, parse_frame
 from server.errors import BadRequest, TokenInvalid, VoiceError
 from server.log import event
+from server.services.admission import admit
 from server.services.history import (
     HISTORY_COMMANDS,
     LocalHistory,
@@ -293,15 +295,11 @@ async def _admit(node: Node, websocket: WebSocket) -> tuple[ChatSession, list[Me
     token = params.get("token")
     if not token:
         raise TokenInvalid("no token in the query string")
-    claims = node.authority.verify(token, Channel.CHAT)
-    sealed_thread = claims.metadata.get("threadId")
-    sealed = isinstance(sealed_thread, str) and valid_thread(sealed_thread)
-    if sealed:
-        thread = str(sealed_thread)  # a backend-sealed thread wins over the browser's (web ChatSession docs)
-    with node.sessions.reserve(claims.org_id) as reservation:
-        # Online on any node: frames reach an agent on another node through the relay (CONTRACT §8).
-        await node.registry.find(claims.org_id, claims.agent_id)
-        claims = await node.authority.consume(token, Channel.CHAT)
+    async with admit(node, token, Channel.CHAT) as (claims, reservation):
+        sealed_thread = claims.metadata.get("threadId")
+        sealed = isinstance(sealed_thread, str) and valid_thread(sealed_thread)
+        if sealed:  # a backend-sealed thread wins over the browser's (web ChatSession docs)
+            thread = str(sealed_thread)
         settings = node.settings
         history = (
             StoredHistory(

@@ -236,6 +236,7 @@ class RtcEngine:
     def __init__(self, ice_servers: Sequence[Mapping[str, Any]], host_addresses: Sequence[str] = ()) -> None:
         self._ice_servers = tuple(ice_servers)
         self._peers: set[RtcPeer] = set()
+        self.peers_built = 0  # every peer ever built, closed or not (dev-only /debug/sessions)
         if host_addresses:
             pin_host_addresses(host_addresses)
 
@@ -251,6 +252,7 @@ class RtcEngine:
         validate_offer(offer_sdp)
         peer = RtcPeer(RTCPeerConnection(ice_configuration(self._ice_servers)), events, self._peers)
         self._peers.add(peer)
+        self.peers_built += 1
         try:
             try:
                 await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))

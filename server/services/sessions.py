@@ -181,9 +181,10 @@ class SessionManager:
         return Counter(s.transport for s in self._live.values())
 
     def check_capacity(self, org_id: str) -> None:
-        """Refuse before any resource is taken (call before consuming a token or building a peer).
+        """Refuse when there is no room. Live sessions and held reservations both count.
 
-        Live sessions and held reservations both count."""
+        A check holds nothing: a transport that awaits anything before :meth:`start` (a consume,
+        a lookup, a peer) takes a :meth:`reserve` instead (services/admission.py)."""
         if not self.accepting:
             raise CapacityExceeded("This server is shutting down; reconnect to start a new session")
         if len(self._live) + self._reserved.total() >= self.limits.max_sessions:

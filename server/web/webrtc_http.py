@@ -5,9 +5,12 @@ nothing here to judge an origin by: the preflight carries no token and no agent,
 credential is the single-use token in the body.
 
 The offer is checked in the order that spends the least on a bad request:
-body → SDP shape → token signature/expiry/channel (no store) → capacity → agent online →
-consume the token (one store round trip) → peer → answer → session admitted.
-Any failure after the peer exists closes it before the error is answered.
+body → SDP shape → token signature/expiry/channel (no store) → a session slot reserved →
+agent online → consume the token (one store round trip) → peer → answer → session admitted
+(:mod:`server.services.admission`, shared with chat). The slot is held from the reservation
+to the admission, so offers racing for the last one are refused before their tokens are spent
+or a peer is built for them (issue 16); any failure releases it, and any failure after the peer
+exists closes the peer before the error is answered.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from server.errors import PayloadTooLarge, VoiceError
 from server.log import event
 from server.realtime.rtc import RtcEngine, RtcPeer, validate_offer
 from server.realtime.webrtc_session import WebRtcSession
+from server.services.admission import admit
 from server.services.node import Node
 from server.web.errors import error_response
 
@@ -93,33 +97,30 @@ async def offer(request: Request) -> Response:
 async def _open_session(node: Node, engine: RtcEngine, raw: bytes) -> tuple[WebRtcSession, RtcPeer]:
     request = parse_offer(raw)
     validate_offer(request.sdp)
-    claims = node.authority.verify(request.token, Channel.WEBRTC)
-    node.sessions.check_capacity(claims.org_id)
-    await node.registry.find(claims.org_id, claims.agent_id)
-    claims = await node.authority.consume(request.token, Channel.WEBRTC)
-    config, dropped = filter_config(request.config)
-    if dropped:
-        # CONTRACT §3: a browser may not set the prompt, model, tools...; say so, never apply it.
-        event(
-            log,
-            "browser config keys dropped",
-            org_id=claims.org_id,
-            agent_id=claims.agent_id,
-            dropped=dropped,
+    async with admit(node, request.token, Channel.WEBRTC) as (claims, reservation):
+        config, dropped = filter_config(request.config)
+        if dropped:
+            # CONTRACT §3: a browser may not set the prompt, model, tools...; say so, never apply it.
+            event(
+                log,
+                "browser config keys dropped",
+                org_id=claims.org_id,
+                agent_id=claims.agent_id,
+                dropped=dropped,
+            )
+        session = WebRtcSession(
+            claims.org_id, claims.agent_id, merge_metadata(request.metadata, claims.metadata), config
         )
-    session = WebRtcSession(
-        claims.org_id, claims.agent_id, merge_metadata(request.metadata, claims.metadata), config
-    )
-    peer = await engine.answer(request.sdp, session)
-    try:
-        session.attach(peer)
-        await node.sessions.start(session)
-    except BaseException:
-        if session.manager is not None:
-            await session.end("start_failed")
-        else:
-            await session.abort()
-        raise
+        peer = await engine.answer(request.sdp, session)
+        try:
+            session.attach(peer)
+            await node.sessions.start(session, reservation)
+        except BaseException:
+            if session.manager is not None:
+                await session.end("start_failed")
+            else:
+                await session.abort()
+            raise
     event(log, "webrtc answered", call_id=session.call_id, pc_id=peer.pc_id)
     return session, peer
 
@@ -135,6 +136,7 @@ async def debug_sessions(request: Request) -> Response:
             "sessions": len(node.sessions),
             "by_transport": dict(node.sessions.count_by_transport()),
             "peers": engine.peer_count,
+            "peers_built": engine.peers_built,
         }
     )
 

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from aiortc import RTCSessionDescription
 
 from tests.realtime.peer import BrowserPeer
-from tests.support.procs import ServerProcess, start_server
+from tests.support.procs import RedisProcess, ServerProcess, start_server
 from tests.support.sdk import SdkClient
 
 KEY = "sk_test_http_0123456789abcdef"
@@ -23,6 +26,7 @@ ENV = {
     "VOICE_RATE_LIMIT_PUBLIC": "0",
     "VOICE_RTC_HOST_ADDRESSES": "127.0.0.1",
 }
+RACERS = 8
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +174,116 @@ async def test_org_at_capacity_is_503_before_the_token_is_spent(
         for peer in (first, second, third):
             await peer.close()
         await sdk.close()
+
+
+@pytest.fixture(scope="module", params=["node-limit-memory", "org-limit-redis"])
+def one_slot_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """A node with one session slot: VOICE_MAX_SESSIONS=1 on the embedded store, or
+    VOICE_MAX_SESSIONS_PER_ORG=1 with a real redis-server as the store."""
+    if request.param == "node-limit-memory":
+        limit = {"VOICE_MAX_SESSIONS": "1"}
+    else:
+        redis: RedisProcess = request.getfixturevalue("redis_server")
+        limit = {"VOICE_MAX_SESSIONS_PER_ORG": "1", "VOICE_STORE_URL": redis.url}
+    proc = start_server({**ENV, "VOICE_DEV": "1", **limit})
+    yield proc
+    proc.stop()
+
+
+def consumed(metrics: str) -> int:
+    found = re.search(r'^voice_tokens_consumed_total\{channel="webrtc"\} (\S+)$', metrics, re.M)
+    return int(float(found.group(1))) if found else 0
+
+
+async def hang_up(sdk: SdkClient) -> None:
+    started = await sdk.wait_for("call.started")
+    await sdk.send({"event": "call.hangup", "call_id": started["call_id"]})
+    ended = await sdk.wait_for("call.ended")
+    assert ended["call_id"] == started["call_id"]
+
+
+async def test_offers_racing_for_the_last_slot_spend_one_token_and_build_one_peer(
+    one_slot_server: ServerProcess,
+) -> None:
+    """RACERS offers at once for one free slot (issue 16): one session; every loser is refused
+    503 at_capacity before its token is consumed and before a peer is built for it, so each
+    loser's token opens a session of its own once the winner's has ended."""
+    async with httpx.AsyncClient(base_url=one_slot_server.url, timeout=30) as http:
+        sdk = await SdkClient.connect(one_slot_server.url, KEY)
+        name = "race-" + uuid.uuid4().hex[:6]
+        await sdk.create_agent(name)
+        tokens = [await mint(http, name) for _ in range(RACERS)]
+        racers = [BrowserPeer() for _ in range(RACERS)]
+        later: list[BrowserPeer] = []
+        try:
+            # Every offer is gathered first, so the requests reach the server together.
+            sdps = [await peer.offer_sdp() for peer in racers]
+            bodies = [{"sdp": sdp, "type": "offer", "token": t} for sdp, t in zip(sdps, tokens, strict=True)]
+            responses = await asyncio.gather(*(http.post("/webrtc/offer", json=b) for b in bodies))
+            codes = [r.json().get("code", "answered") for r in responses]
+            counts = (await http.get("/debug/sessions")).json()
+            race = {
+                "answered": codes.count("answered"),
+                "at_capacity": codes.count("at_capacity"),
+                "sessions": counts["sessions"],
+                "peers_built": counts["peers_built"],
+                "tokens_consumed": consumed((await http.get("/metrics")).text),
+            }
+            winner = codes.index("answered")
+            answer = responses[winner].json()
+            await racers[winner].pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            await hang_up(sdk)
+            reused = []  # what each loser's token gets on its own, one after another
+            for token, code in zip(tokens, codes, strict=True):
+                if code == "answered":
+                    continue
+                later.append(BrowserPeer())
+                response, body = await later[-1].connect(http, token)
+                reused.append(body.get("code", "answered"))
+                if response.status_code == 200:
+                    await hang_up(sdk)
+            assert {**race, "losers_reused": reused.count("answered")} == {
+                "answered": 1,
+                "at_capacity": RACERS - 1,
+                "sessions": 1,
+                "peers_built": 1,
+                "tokens_consumed": 1,
+                "losers_reused": RACERS - 1,
+            }, reused
+        finally:
+            for peer in racers + later:
+                await peer.close()
+            await sdk.close()
+
+
+async def test_offers_refused_while_holding_the_last_slot_release_it(one_slot_server: ServerProcess) -> None:
+    """An offer refused after its slot was reserved (agent gone: 404, token spent: 409) gives the
+    slot back: the next good offer is answered, not 503."""
+    async with httpx.AsyncClient(base_url=one_slot_server.url, timeout=30) as http:
+        gone = await SdkClient.connect(one_slot_server.url, KEY)
+        gone_name = "gone-" + uuid.uuid4().hex[:6]
+        await gone.create_agent(gone_name)
+        offline = await mint(http, gone_name)
+        await gone.close()
+        sdk = await SdkClient.connect(one_slot_server.url, KEY)
+        name = "slot-" + uuid.uuid4().hex[:6]
+        await sdk.create_agent(name)
+        used, fresh = await mint(http, name), await mint(http, name)
+        peers = [BrowserPeer() for _ in range(4)]
+        try:
+            response, _ = await peers[0].connect(http, used)
+            assert response.status_code == 200
+            await hang_up(sdk)
+            refused = [(await peers[1].connect(http, offline))[1], (await peers[2].connect(http, used))[1]]
+            assert [body["code"] for body in refused] == ["agent_not_online", "token_spent"]
+            response, _ = await peers[3].connect(http, fresh)
+            assert response.status_code == 200
+            assert (await http.get("/debug/sessions")).json()["sessions"] == 1
+            await hang_up(sdk)
+        finally:
+            for peer in peers:
+                await peer.close()
+            await sdk.close()
 
 
 async def test_demo_and_debug_are_dev_only(dev: httpx.AsyncClient, prod: httpx.AsyncClient) -> None:

@@ -1,0 +1,37 @@
+"""Admitting a session that presents a single-use token (chat, WebRTC): one order for both.
+
+verify the token by arithmetic (forged, expired, wrong channel: nothing held, nothing spent) →
+reserve a session slot for its org (no room: refused before the consume) → the agent is online
+on some node → consume the token (the one store round trip that decides single use, CONTRACT §2).
+
+The slot stays held while the caller builds its session (a thread's history, a peer and its
+answer) and is turned into the live session by ``node.sessions.start(session, reservation)``;
+leaving the block any other way (an error, a cancelled task) releases it. Holding it across the
+slow steps is what keeps two sessions racing for the last slot from both passing the check, and
+the loser then being refused after its token was spent (issue 16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import NamedTuple
+
+from server.core.tokens import Channel, Claims
+from server.services.node import Node
+from server.services.sessions import Reservation
+
+
+class Admission(NamedTuple):
+    claims: Claims  # of the consumed token
+    reservation: Reservation  # pass to ``node.sessions.start``
+
+
+@contextlib.asynccontextmanager
+async def admit(node: Node, token: str, channel: Channel) -> AsyncIterator[Admission]:
+    """Check, reserve, consume (module docstring); the slot is held until the block ends."""
+    claims = node.authority.verify(token, channel)
+    with node.sessions.reserve(claims.org_id) as reservation:
+        # Online on any node: frames reach an agent on another node through the relay (CONTRACT §8).
+        await node.registry.find(claims.org_id, claims.agent_id)
+        yield Admission(await node.authority.consume(token, channel), reservation)
