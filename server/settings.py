@@ -66,6 +66,7 @@ class Settings:
     max_sessions_per_org: int = 50
     session_max_seconds: float = 3600.0
     session_idle_seconds: float = 300.0
+    session_inbound_bytes: int = 32 * 1024  # per second, what one browser may send its agent
     chat_history_ttl: float = 86400.0
     # Bounds on stored chat threads (issue 15: anonymous users must not fill Redis)
     chat_thread_max_bytes: int = 128 * 1024
@@ -120,6 +121,9 @@ class Settings:
             "max_sessions_per_org": reader.get("VOICE_MAX_SESSIONS_PER_ORG", _positive(int, 100_000), 50),
             "session_max_seconds": reader.get("VOICE_SESSION_MAX_SECONDS", _positive(float, 86400), 3600.0),
             "session_idle_seconds": reader.get("VOICE_SESSION_IDLE_SECONDS", _positive(float, 86400), 300.0),
+            "session_inbound_bytes": reader.get(
+                "VOICE_SESSION_INBOUND_BYTES", _positive(int, 1024 * 1024 * 1024), 32 * 1024
+            ),
             "chat_history_ttl": reader.get("VOICE_CHAT_HISTORY_TTL", _positive(float, 30 * 86400), 86400.0),
             "chat_thread_max_bytes": reader.get(
                 "VOICE_CHAT_THREAD_MAX_BYTES", _positive(int, 16 * 1024 * 1024), 128 * 1024

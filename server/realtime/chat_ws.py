@@ -379,7 +379,9 @@ async def _serve(node: Node, session: ChatSession) -> None:
         if message["type"] == "websocket.disconnect":
             return
         try:
-            await session.on_browser(parse_frame(message.get("text"), limit))
+            text = message.get("text")
+            session.inbound(len(text) if text is not None else len(message.get("bytes") or b""))
+            await session.on_browser(parse_frame(text, limit))
         except VoiceError as exc:
             await session.emit({"event": "chat.error", "error": exc.detail, "code": exc.code})
         except Exception:

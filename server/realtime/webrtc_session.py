@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.core import strictjson
 from server.core.sessionconfig import filter_config
-from server.errors import BadRequest
+from server.errors import BadRequest, RateLimited
 from server.log import event
 from server.realtime.media import SpeechDetector, SpeechEvent, speech_seconds
 from server.services.history import echo_request_id
@@ -146,6 +146,11 @@ class WebRtcSession(Session):
     def on_channel_message(self, message: str | bytes) -> None:
         if message == "ping":  # the browser's 1 s heartbeat (CONTRACT §3): activity, no reply
             self.touch()
+            return
+        try:
+            self.inbound(len(message))
+        except RateLimited as exc:  # dropped here: never queued, never sent to the agent
+            self.to_browser({"event": "error", "error": exc.detail, "code": exc.code})
             return
         self._later(lambda: self._action(message))
 

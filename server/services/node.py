@@ -86,6 +86,7 @@ class Node:
             settings.max_sessions_per_org,
             settings.session_max_seconds,
             settings.session_idle_seconds,
+            settings.session_inbound_bytes,
         )
         sessions = SessionManager(registry, calls, limits)
         node = cls(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import CapacityExceeded
+from server.errors import CapacityExceeded, RateLimited
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
@@ -41,6 +42,38 @@ class SessionLimits:
     max_sessions_per_org: int
     max_seconds: float
     idle_seconds: float
+    # What one browser may send towards its agent: bytes a second, with a burst of
+    # INBOUND_BURST seconds' worth; each frame costs at least MIN_FRAME_COST (bounds frames too).
+    inbound_bytes_per_second: int = 32 * 1024
+
+
+INBOUND_BURST = 8.0
+MIN_FRAME_COST = 256
+
+
+class InboundBudget:
+    """A token bucket over the bytes one browser sends: a session past it gets its frames
+    refused (``rate_limited``) instead of pushing them to the agent at wire speed."""
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self._rate = rate
+        self._burst = rate * INBOUND_BURST
+        self._clock = clock
+        self._level = self._burst
+        self._at = clock()
+
+    def spend(self, size: int) -> None:
+        now = self._clock()
+        self._level = min(self._burst, self._level + (now - self._at) * self._rate)
+        self._at = now
+        cost = max(size, MIN_FRAME_COST)
+        if cost > self._level:
+            wait = (cost - self._level) / self._rate
+            raise RateLimited(
+                f"too much input: a session may send {int(self._rate)} bytes a second; slow down",
+                math.ceil(wait),
+            )
+        self._level -= cost
 
 
 def new_call_id(prefix: str) -> str:
@@ -65,6 +98,15 @@ class Session:
         self.end_reason: str | None = None
         self.manager: SessionManager | None = None
         self.indexed = False  # holds a call index entry in the store (relayed sessions)
+        self._inbound: InboundBudget | None = None
+
+    def inbound(self, size: int) -> None:
+        """Charge ``size`` bytes from the browser; RateLimited past the session's budget."""
+        if self._inbound is None:
+            manager = self.manager
+            rate = manager.limits.inbound_bytes_per_second if manager is not None else 32 * 1024
+            self._inbound = InboundBudget(rate, manager.now if manager is not None else time.monotonic)
+        self._inbound.spend(size)
 
     def touch(self) -> None:
         """Something happened: the idle timer starts again."""

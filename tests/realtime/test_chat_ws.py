@@ -510,3 +510,35 @@ async def test_another_org_cannot_command_the_chat(
     await sdk.send({"event": "bot.reply", "call_id": call_id, "message_id": "y", "text": "mine"})
     assert (await until(ws, "chat.done"))["text"] == "mine"
     await ws.close()
+
+
+async def test_a_flooding_browser_is_held_to_its_inbound_budget(
+    server: ServerProcess, agent: tuple[str, SdkClient]
+) -> None:
+    """An anonymous browser pushed ~90 MB to its agent in 0.7 s; now what reaches the agent is
+    bounded by VOICE_SESSION_INBOUND_BYTES (32 KiB/s, 8 s of burst) and the rest is refused."""
+    name, sdk = agent
+    ws, _ = await open_chat(server, await mint(server, name))
+    await sdk.wait_for("llm.chat.started")
+    value = "v" * 60_000
+    frames = 200  # 12 MB
+    started = time.monotonic()
+    for i in range(frames):
+        await ws.send(json.dumps({"event": "set_context", "key": f"k{i}", "value": value}))
+    limited = 0
+    for _ in range(frames):
+        answer = await recv(ws)
+        assert answer["event"] == "chat.error" and answer["code"] == "rate_limited", answer
+        limited += 1
+        if limited == frames - 10:
+            break
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(0.1)
+    await ws.send(json.dumps({"event": "set_context", "key": "done", "value": 1}))
+    delivered = 0
+    while (frame := await sdk.wait_for("session.context"))["key"] != "done":
+        delivered += len(frame["value"])
+    budget = 32 * 1024 * (8 + elapsed + 1)
+    assert delivered <= budget, (delivered, budget)
+    assert limited >= frames - 10
+    await ws.close()

@@ -328,3 +328,28 @@ async def test_server_shutdown_closes_live_peers() -> None:
             await asyncio.to_thread(proc.proc.wait, 20)
     finally:
         proc.stop()
+
+
+async def test_a_flooding_browser_is_held_to_its_inbound_budget(
+    http: httpx.AsyncClient, agent: tuple[SdkClient, str]
+) -> None:
+    """Data channel frames past VOICE_SESSION_INBOUND_BYTES (32 KiB/s, 8 s of burst) are refused
+    with an error event and never reach the agent (a browser pushed ~90 MB in 0.7 s before)."""
+    sdk, name = agent
+    async with session(http, sdk, name) as (peer, _):
+        text = "w" * 4000
+        frames = 500  # 2 MB
+        started = time.monotonic()
+        for _ in range(frames):
+            peer.act({"action": "inject_text", "text": text})
+        error = await peer.wait_for("error")
+        assert error["code"] == "rate_limited", error
+        await asyncio.sleep(1.0)
+        elapsed = time.monotonic() - started
+        peer.act({"action": "inject_text", "text": "done"})
+        delivered = 0
+        while (said := await sdk.wait_for("user.message"))["text"] != "done":
+            delivered += len(said["text"])
+        budget = 32 * 1024 * (8 + elapsed + 1)
+        assert delivered <= budget, (delivered, budget)
+        assert delivered < frames * len(text) / 4
