@@ -24,9 +24,9 @@ Patterns (``parse_pattern``, refused at registration with :class:`InvalidOriginP
     * ``*`` is allowed only as the entire leftmost label. ``*.mysite.com`` matches any depth
       (``a.mysite.com``, ``a.b.mysite.com``) but NOT the apex ``mysite.com``: list it separately.
       A wildcard directly over a single label (``*.com``, ``*.localhost``), over an IP address, or
-      over one of the multi-label public suffixes in :data:`PUBLIC_SUFFIXES` (``*.co.uk``,
-      ``*.github.io``, ``*.vercel.app``...) is refused: it would admit unrelated sites. The list is
-      a small built-in excerpt of the Public Suffix List, not the whole of it.
+      over a public suffix of the Public Suffix List, private section included (``*.co.uk``,
+      ``*.github.io``, ``*.run.app``, ``*.s3.amazonaws.com``...; :func:`is_public_suffix`) is
+      refused: it would admit unrelated sites.
     * IP literals are allowed as exact hosts (``http://127.0.0.1:*``, ``http://[::1]:3000``).
     * Hosts are validated: LDH labels of 1-63 characters, no leading/trailing hyphen, no empty
       label, at most 253 characters, ``xn--`` labels must be valid Punycode. Underscores are refused.
@@ -56,19 +56,22 @@ Origin headers (``parse_origin``, returns ``None`` for anything that is not a se
 from __future__ import annotations
 
 import encodings.idna
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from publicsuffixlist import PublicSuffixList
 
 from server.errors import InvalidOriginPattern
 
 __all__ = [
     "DEFAULT_PORTS",
     "MAX_PATTERNS",
-    "PUBLIC_SUFFIXES",
     "Origin",
     "OriginPattern",
+    "is_public_suffix",
     "matched_pattern",
     "origin_allowed",
     "parse_origin",
@@ -81,32 +84,19 @@ MAX_PATTERNS = 100
 # The longest valid origin is "https://" + 253-character host + ":65535"; anything longer is not one.
 _MAX_LENGTH = 300
 
-# Registrable-domain boundaries that hold more than one label: a "*." directly over one of them
-# would admit every customer of that registry or platform. An excerpt of https://publicsuffix.org.
-PUBLIC_SUFFIXES: frozenset[str] = frozenset(
-    {
-        # Country-code second levels.
-        "co.uk", "org.uk", "me.uk", "ltd.uk", "plc.uk", "net.uk", "ac.uk", "gov.uk", "sch.uk",
-        "com.au", "net.au", "org.au", "edu.au", "gov.au", "id.au",
-        "co.nz", "net.nz", "org.nz", "ac.nz", "govt.nz",
-        "co.jp", "ne.jp", "or.jp", "ac.jp", "go.jp", "ad.jp", "gr.jp",
-        "co.kr", "or.kr", "ne.kr", "go.kr",
-        "com.br", "net.br", "org.br", "gov.br",
-        "com.cn", "net.cn", "org.cn", "gov.cn", "edu.cn",
-        "com.tw", "org.tw", "com.hk", "org.hk", "com.sg", "edu.sg", "com.my",
-        "co.in", "net.in", "org.in", "gov.in", "ac.in",
-        "co.za", "org.za", "gov.za", "co.il", "org.il", "ac.il",
-        "com.mx", "com.ar", "com.tr", "com.ua", "com.pl", "co.id", "com.ph", "com.vn", "co.th",
-        "com.co", "com.pe", "com.eg", "com.sa", "com.pk", "com.ng", "co.ke",
-        # Hosting platforms that give every customer a subdomain.
-        "github.io", "githubusercontent.com", "gitlab.io", "herokuapp.com", "vercel.app", "now.sh",
-        "netlify.app", "pages.dev", "workers.dev", "web.app", "firebaseapp.com", "appspot.com",
-        "azurewebsites.net", "azurestaticapps.net", "cloudfront.net", "amazonaws.com",
-        "blogspot.com", "fly.dev", "onrender.com", "glitch.me", "surge.sh", "deno.dev",
-        "ngrok.io", "ngrok.app", "ngrok-free.app", "up.railway.app", "repl.co", "replit.dev",
-        "trycloudflare.com", "loca.lt", "codeberg.page", "readthedocs.io",
-    }
-)  # fmt: skip
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    """The Public Suffix List, ICANN and private sections (``*.run.app``, ``*.s3.amazonaws.com``,
+    ``*.co.uk``...), as shipped by the ``publicsuffixlist`` package (updated with each release).
+    Loaded on the first wildcard pattern (~0.1 s), not at import."""
+    return PublicSuffixList()
+
+
+def is_public_suffix(host: str) -> bool:
+    """True when ``host`` (A-labels) is a suffix under which unrelated parties register names."""
+    return bool(_public_suffixes().is_public(host))
+
 
 # RFC 3490 §3.1 lets these stand for "." in a Unicode host; the stdlib codec honours that, so a
 # pattern containing them would not mean what it looks like.
@@ -366,7 +356,7 @@ def _check_wildcard_parent(parent: str) -> None:
         raise _Reject("a wildcard cannot cover an IP address; list the address itself")
     if "." not in parent:
         raise _Reject(f"'*.{parent}' covers every site under a top-level name; name your own domain")
-    if parent in PUBLIC_SUFFIXES:
+    if is_public_suffix(parent):
         raise _Reject(f"'{parent}' is a public suffix shared by unrelated sites; name your own subdomain")
 
 

@@ -332,6 +332,12 @@ def test_parse_pattern_accepts_and_normalises(
         ("https://*.github.io", "public suffix"),
         ("https://*.vercel.app", "public suffix"),
         ("https://*.CO.UK/", "public suffix"),
+        # The Public Suffix List's private section, which the built-in excerpt lacked:
+        ("https://*.run.app", "public suffix"),
+        ("https://*.s3.amazonaws.com", "public suffix"),
+        ("https://*.eu-west-1.compute.amazonaws.com", "public suffix"),
+        ("https://*.myshopify.com", "public suffix"),
+        ("https://*.a.ck", "public suffix"),  # under the wildcard rule *.ck
         ("https://*.127.0.0.1", "IP address"),
         ("http://*.[::1]", "IPv6 host must be in brackets"),
         ("https://a..b.com", "empty label"),
