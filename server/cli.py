@@ -83,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.web.app import create_app
+    from server.web.headguard import guarded_http_protocol
 
     overrides: dict[str, Any] = {}
     for name in ("dev", "host", "port", "allow_public_bind"):
@@ -96,6 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
+        # httptools, with a deadline and a size limit on every request head (server/web/headguard.py)
+        http=guarded_http_protocol(settings.header_timeout, settings.max_header_bytes),
         log_config=None,
         access_log=False,  # our AccessLog middleware logs requests, with tokens redacted
         ws_max_size=settings.max_frame_bytes,

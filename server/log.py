@@ -1,8 +1,10 @@
 """Structured logs, one line per request or event, with secrets redacted.
 
-The redaction filter sits on every handler we install (ours and uvicorn's), so a token in a
-query string (``/chat/ws?token=...``, CONTRACT §4), an ``api_key`` field or an
-``Authorization`` header never reaches a log line, whoever logged it.
+The redaction filter sits on every handler we install (ours and uvicorn's, which also carries
+websockets' DEBUG lines), so a token in a query string (``/chat/ws?token=...``, CONTRACT §4), a
+secret field of a frame or of ``fields`` (``api_key``, ``verifyToken``, ``app_secret``...) or a
+header off the allow-list (``Cookie``, ``X-Api-Key``, ``Authorization``) never reaches a log
+line, whoever logged it. What counts as secret is :mod:`server.core.redaction`.
 """
 
 from __future__ import annotations
@@ -12,65 +14,54 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
-_PATTERNS = [
-    # token=..., api_key=..., access_token=..., hub.verify_token=... in query strings or text
-    (
-        re.compile(r"((?:^|[?&\s\"'])(?:[\w.]*token|api_key|apikey|secret|app_secret)=)[^&\s\"']+", re.I),
-        r"\1[redacted]",
-    ),
-    # "api_key": "...", "accessToken": "...", "appSecret": "..." in JSON-ish text
-    (
-        re.compile(
-            r"(\"(?:api_key|apiKey|token|accessToken|access_token|appSecret|app_secret|verifyToken|verify_token)\""
-            r"\s*:\s*\")[^\"]*\"",
-            re.I,
-        ),
-        r'\1[redacted]"',
-    ),
-    (re.compile(r"(authorization\s*[:=]\s*['\"]?(?:bearer\s+)?)[^\s'\",}]+", re.I), r"\1[redacted]"),
-    (re.compile(r"\b(sk_live_|pk_publishable_|wrtc_|cht_|stm_)[A-Za-z0-9_\-.]+"), r"\1[redacted]"),
-]
+from server.core.redaction import header_value, redact_data, redact_frame, redact_text
 
-
-def redact(text: str) -> str:
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-_SECRET_FIELDS = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "token",
-        "authorization",
-        "access_token",
-        "accesstoken",
-        "app_secret",
-        "appsecret",
-        "verify_token",
-        "verifytoken",
-        "secret",
-        "password",
-    }
-)
+# websockets logs each handshake header as ("< %s: %s", name, value) or ("> %s: %s", ...).
+_HEADER_LINE = re.compile(r"^[<>] %s: %s$")
+_DATA_OPCODES = frozenset({"TEXT", "BINARY", "CONT"})
 
 
 class RedactingFilter(logging.Filter):
+    """Redact a record before any handler formats it: its arguments and ``fields`` by field name
+    (nested too), headers by allow-list, websockets frames before they are elided, then the
+    formatted message by :func:`~server.core.redaction.redact_text`."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        try:
+            message = self._message(record)
+        except Exception:  # a record we cannot format safely is dropped to its bare format string
+            message = f"{record.msg!s} [arguments not logged: they could not be redacted]"
+        record.msg, record.args = redact_text(message), None
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            record.fields = {
-                k: "[redacted]" if k.lower() in _SECRET_FIELDS else redact(v) if isinstance(v, str) else v
-                for k, v in fields.items()
-            }
+            record.fields = redact_data(fields)
         return True
+
+    @staticmethod
+    def _message(record: logging.LogRecord) -> str:
+        args = record.args
+        if not args:
+            return str(record.msg)
+        if isinstance(args, Mapping):
+            record.args = redact_data(args)
+        elif isinstance(record.msg, str) and len(args) == 2 and _HEADER_LINE.match(record.msg):
+            record.args = (args[0], header_value(str(args[0]), str(args[1])))
+        else:
+            record.args = tuple(_argument(arg) for arg in args)
+        return record.getMessage()
+
+
+def _argument(arg: object) -> object:
+    """A log argument with its secrets redacted; strings are left to the message pass."""
+    if isinstance(arg, Mapping | list | tuple):
+        return redact_data(arg)
+    opcode, data = getattr(getattr(arg, "opcode", None), "name", None), getattr(arg, "data", None)
+    if opcode in _DATA_OPCODES and isinstance(data, bytes | bytearray | memoryview):
+        return redact_frame(opcode, bytes(data), bool(getattr(arg, "fin", True)))  # websockets Frame
+    return arg
 
 
 class JsonFormatter(logging.Formatter):
@@ -86,7 +77,7 @@ class JsonFormatter(logging.Formatter):
         if isinstance(fields, dict):
             line.update(fields)
         if record.exc_info:
-            line["exc"] = redact(self.formatException(record.exc_info))
+            line["exc"] = redact_text(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
 
@@ -98,7 +89,7 @@ class TextFormatter(logging.Formatter):
         if isinstance(fields, dict) and fields:
             base += " " + " ".join(f"{k}={v}" for k, v in fields.items())
         if record.exc_info:
-            base += "\n" + redact(self.formatException(record.exc_info))
+            base += "\n" + redact_text(self.formatException(record.exc_info))
         return base
 
 

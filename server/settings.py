@@ -86,6 +86,9 @@ class Settings:
     whatsapp_session_idle_seconds: float = 3600.0  # besides Meta's 24 h window since the contact wrote
     whatsapp_queue_ttl: float = 86400.0  # how long messages for an offline number are kept
     whatsapp_queue_max: int = 100  # messages kept per offline number (the oldest go first)
+    # Request heads (issue 15 Medium 11): slowloris deadline and size limit, in the server itself
+    header_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
     # Shutdown
     drain_seconds: float = 20.0
 
@@ -151,6 +154,8 @@ class Settings:
             ),
             "whatsapp_queue_ttl": reader.get("VOICE_WHATSAPP_QUEUE_TTL", _positive(float, 604800), 86400.0),
             "whatsapp_queue_max": reader.get("VOICE_WHATSAPP_QUEUE_MAX", _positive(int, 10_000), 100),
+            "header_timeout": reader.get("VOICE_HEADER_TIMEOUT", _positive(float, 3600), 10.0),
+            "max_header_bytes": reader.get("VOICE_MAX_HEADER_BYTES", _int_between(1024, 16 << 20), 64 * 1024),
             "drain_seconds": reader.get("VOICE_DRAIN_SECONDS", _positive(float, 3600), 20.0),
         }
         node_id = reader.get("VOICE_NODE_ID", str, "")
@@ -235,6 +240,16 @@ def _positive(kind: Callable[[str], T], maximum: float) -> Callable[[str], T]:
         value = kind(raw)
         if not 0 < float(value) <= maximum:  # type: ignore[arg-type]
             raise ValueError(f"must be > 0 and <= {maximum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not minimum <= value <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}, got {raw!r}")
         return value
 
     return parse

@@ -33,6 +33,8 @@ def test_values_are_parsed() -> None:
             "VOICE_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
             "VOICE_RTC_HOST_ADDRESSES": "127.0.0.1",
             "VOICE_ICE_SERVERS": '[{"urls": "stun:stun.example.com:3478"}]',
+            "VOICE_HEADER_TIMEOUT": "2.5",
+            "VOICE_MAX_HEADER_BYTES": "8192",
         }
     )
     assert settings.token_secrets == ("old", "new")
@@ -45,6 +47,13 @@ def test_values_are_parsed() -> None:
     assert len(settings.trusted_proxies) == 2
     assert settings.rtc_host_addresses == ("127.0.0.1",)
     assert settings.ice_servers[0]["urls"] == "stun:stun.example.com:3478"
+    assert (settings.header_timeout, settings.max_header_bytes) == (2.5, 8192)
+
+
+def test_request_heads_are_bounded_by_default() -> None:
+    """Issue 15 Medium 11: limits in the server itself, not only in the load balancer."""
+    settings = Settings.from_env({}, dev=True)
+    assert (settings.header_timeout, settings.max_header_bytes) == (10.0, 65536)
 
 
 @pytest.mark.parametrize(
@@ -57,6 +66,9 @@ def test_values_are_parsed() -> None:
         ("VOICE_ICE_SERVERS", '[{"nourls": 1}]'),
         ("VOICE_RTC_HOST_ADDRESSES", "localhost"),
         ("VOICE_LOG_LEVEL", "LOUD"),
+        ("VOICE_HEADER_TIMEOUT", "0"),
+        ("VOICE_MAX_HEADER_BYTES", "100"),
+        ("VOICE_MAX_HEADER_BYTES", "64k"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

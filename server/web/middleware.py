@@ -8,7 +8,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.log import event, redact
+from server.core.redaction import redact_text
+from server.log import event
 
 log = logging.getLogger("voice.access")
 _SLASHES = re.compile(r"/{2,}")
@@ -56,7 +57,7 @@ class AccessLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             query = scope.get("query_string", b"").decode("latin-1")
-            path = scope["path"] + ("?" + redact(query) if query else "")
+            path = scope["path"] + ("?" + redact_text(query) if query else "")
             client = scope.get("client")
             event(
                 log,

@@ -18,8 +18,9 @@ class SdkClient:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     @classmethod
-    async def connect(cls, base_url: str, api_key: str) -> SdkClient:
-        ws = await websockets.connect(base_url.replace("http", "ws", 1).rstrip("/") + "/client")
+    async def connect(cls, base_url: str, api_key: str, headers: dict[str, str] | None = None) -> SdkClient:
+        url = base_url.replace("http", "ws", 1).rstrip("/") + "/client"
+        ws = await websockets.connect(url, additional_headers=headers)
         await ws.send(json.dumps({"event": "connect", "api_key": api_key}))
         hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
         if hello.get("event") != "connected":
