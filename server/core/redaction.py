@@ -38,6 +38,9 @@ _SECRET_NAMES = frozenset(
         "credentials",
         "passphrase",
         "privatekey",
+        # A browser-chosen chat thread id works like a password (README, Chat): never logged.
+        "thread",
+        "threadid",
     }
 )
 # token, accessToken, verify_token, hub.verify_token, appSecret, client_secret, api_key, X-Api-Key...
@@ -84,7 +87,7 @@ SAFE_HEADERS = frozenset(
 
 _NOT_NAME = re.compile(r"[_\-.\s]")
 # A cheap first look: text without any of these words has no named secret in it.
-_HINT = re.compile(r"token|secret|passw|api.?key|auth|cookie|credential|passphrase|private.?key", re.I)
+_HINT = re.compile(r"token|secret|passw|api.?key|auth|cookie|credential|passphrase|private.?key|thread", re.I)
 # name, separator, value: quoted (maybe cut short by an elision) or bare.
 _PAIR = re.compile(
     r"""(?P<q>["']?)(?P<name>[A-Za-z_][\w.\-]*)(?P=q)(?P<sep>\s*[:=]\s*)"""

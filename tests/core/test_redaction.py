@@ -82,6 +82,10 @@ def test_headers_off_the_allow_list_are_redacted() -> None:
         f'{{"path": "/chat/ws?thread=1&token={SECRET}"}}',
         f"connecting to redis://default:{SECRET}@cache:6379/0",
         f"password={SECRET} user=bob",
+        # Browser-chosen chat thread ids work like passwords (issue 15 low: logged in clear).
+        f"GET /chat/ws?token=cht_x.y&thread={SECRET} HTTP/1.1",
+        f'{{"event": "llm.chat.started", "thread": "{SECRET}"}}',
+        f'{{"metadata": {{"threadId": "{SECRET}"}}}}',
     ],
 )
 def test_text_loses_every_named_secret(text: str) -> None:

@@ -122,6 +122,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     proc.stop()
     log = proc.log()
     assert "token=cht_" not in log and KEY not in log and SECRET not in log
+    assert "thread=t-" not in log and '"t-' not in log  # thread ids are credentials too
 
 
 @pytest.fixture
