@@ -134,8 +134,9 @@ class ChatSession(Session):
         self._pump = asyncio.create_task(self._run_pump(), name=f"chat-pump-{self.call_id}")
 
     async def on_browser(self, frame: Frame) -> None:
-        self.touch()
         name = frame["event"]
+        if name != "ping":  # a keep-alive is not activity: idle means no user or agent content
+            self.touch()
         if name == "message":
             await self._user_message(frame.get("text"))
         elif name == "set_context":

@@ -144,8 +144,7 @@ class WebRtcSession(Session):
         self._channel_ready.set()
 
     def on_channel_message(self, message: str | bytes) -> None:
-        if message == "ping":  # the browser's 1 s heartbeat (CONTRACT §3): activity, no reply
-            self.touch()
+        if message == "ping":  # the browser's 1 s keep-alive (CONTRACT §3): not activity, no reply
             return
         try:
             self.inbound(len(message))

@@ -292,12 +292,20 @@ async def test_idle_session_is_warned_then_timed_out() -> None:
             sdk = await SdkClient.connect(proc.url, KEY)
             await sdk.create_agent("sleepy")
             async with session(http, sdk, "sleepy") as (peer, started):
+
+                async def keep_alive() -> None:  # @pinecall/web pings every second (issue 18 item 10)
+                    while True:
+                        peer.act("ping")
+                        await asyncio.sleep(0.2)
+
+                pinging = asyncio.create_task(keep_alive())
                 warning = await peer.wait_for("session.idle_warning", timeout=10)
                 assert warning["remaining_seconds"] >= 0
                 assert (await peer.wait_for("session.timeout", timeout=10))["reason"] == "idle_timeout"
                 ended = await sdk.wait_for("call.ended", timeout=10)
                 assert ended["call_id"] == started["call_id"] and ended["reason"] == "idle_timeout"
                 assert (await wait_counts(http, 0))["peers"] == 0
+                pinging.cancel()
             await sdk.close()
     finally:
         proc.stop()
