@@ -32,7 +32,7 @@ Only :mod:`server.web.app` and the WebSocket endpoints turn these into bytes.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class VoiceError(Exception):
@@ -55,6 +55,10 @@ class VoiceError(Exception):
     def to_body(self) -> dict[str, str]:
         """The HTTP error body (CONTRACT §1)."""
         return {"detail": self.detail, "code": self.code}
+
+    def frame_fields(self) -> dict[str, Any]:
+        """Fields an ``error`` frame carries besides ``error`` and ``code``."""
+        return {}
 
 
 class BadRequest(VoiceError):
@@ -158,3 +162,20 @@ class InvalidOriginPattern(RegistrationError):
 
 class AgentInUse(RegistrationError):
     status, code, frame_code = 409, "agent_in_use", "AGENT_IN_USE"
+
+    def __init__(
+        self, detail: str, holder_alive: bool | None = None, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.holder_alive = holder_alive
+        self.retry_after_s = retry_after_s
+
+    def frame_fields(self) -> dict[str, Any]:
+        # The SDK's conflict retry reads both (pinecall/sdk src/kernel/backoff.ts): a live
+        # holder slows its retries, a dead one restarts its retry budget.
+        fields: dict[str, Any] = {}
+        if self.holder_alive is not None:
+            fields["holder_alive"] = self.holder_alive
+        if self.retry_after_s is not None:
+            fields["retry_after_s"] = self.retry_after_s
+        return fields

@@ -124,7 +124,10 @@ async def client_endpoint(websocket: WebSocket) -> None:
                 agent_id = frame.get("agent_id") if frame is not None else None
                 await connection.send(
                     error_frame(
-                        exc.detail, exc.frame_code, agent_id=agent_id if isinstance(agent_id, str) else None
+                        exc.detail,
+                        exc.frame_code,
+                        agent_id=agent_id if isinstance(agent_id, str) else None,
+                        **exc.frame_fields(),
                     )
                 )
             except WebSocketDisconnect:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +31,8 @@ from server.errors import AgentInUse, AgentNotOnline, RegistrationError, VoiceEr
 from server.services.relay import Relay
 from server.store.base import AgentRecord, AgentStore, agent_key
 
+# What AGENT_IN_USE suggests to the SDK when the holder is alive (a second live process).
+HELD_RETRY_SECONDS = 30
 log = logging.getLogger("voice.agents")
 Clock = Callable[[], float]
 CHANNEL_TYPES = frozenset({"phone", "webrtc", "chat", "whatsapp", "sms", "stream", "sip"})
@@ -156,9 +159,12 @@ class AgentRegistry:
             holder = await self._store.claim_agent(record, self._settings.heartbeat_ttl, replace=holder)
         if holder is not None:
             self._pending[key] = _Pending(connection, record, shown_as or agent_id)
+            alive = await self._holder_alive(key, holder)
             raise AgentInUse(
                 f"Agent '{agent_id}' is already connected from another session; "
-                "this connection takes over if that one goes away"
+                "this connection takes over if that one goes away",
+                holder_alive=alive,
+                retry_after_s=HELD_RETRY_SECONDS if alive else math.ceil(self._settings.heartbeat_ttl),
             )
         self._pending.pop(key, None)
         try:
@@ -173,6 +179,18 @@ class AgentRegistry:
         for hook in self.on_online:
             await hook(record)
         return record
+
+    async def _holder_alive(self, key: str, holder: str) -> bool:
+        """Whether the process holding the agent is running: its socket here is open, or its
+        node still beats (``node:<id>``, services/presence.py). A dead holder's record expires
+        within the heartbeat TTL, and the pending registration then takes over."""
+        node_id = holder.partition("/")[0]
+        if node_id == self._settings.node_id:
+            return key in self._local
+        try:
+            return await self._store.lookup_name("node:" + node_id) is not None
+        except VoiceError:
+            return True  # unknown: the cautious answer (the SDK retries more slowly)
 
     def _stale(self, holder: str) -> bool:
         node_id, _, rest = holder.partition("/")

@@ -2,7 +2,7 @@
 ``AGENT_IN_USE``, since both processes took the other's agents for their own).
 
 A node holds the store name ``node:<id>``, its value ``<instance>.<beat>`` rewritten on every
-beat (each second) and expiring with the heartbeat TTL. At start-up a node
+beat (each second) and expiring after three missed beats. At start-up a node
 that finds the name held watches it for one beat and a margin: a value that changes belongs to
 a live process with the same id, and the start is refused (:class:`DuplicateNodeId`); a value
 that stays put was left by a previous run that died, and is taken over at once. A clean stop
@@ -34,10 +34,12 @@ class NodePresence:
         self._store = store
         self._name = "node:" + node_id
         self._node_id = node_id
-        self._ttl = ttl
         # Beats more often than agents' heartbeats (two small commands a second): a start-up
         # that finds the id held waits one beat to tell a live holder from a dead run's record.
         self._interval = min(ttl / 3, BEAT_SECONDS)
+        # Gone within three missed beats: AGENT_IN_USE tells the SDK whether a holder's node
+        # is alive (holder_alive) before that node's agent records expire.
+        self._ttl = min(ttl, 3 * self._interval)
         self._poll = poll
         self._instance = uuid.uuid4().hex[:12]
         self._beat = 0

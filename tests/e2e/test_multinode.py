@@ -118,9 +118,38 @@ async def test_agent_in_use_holds_across_nodes(cluster: tuple[RedisProcess, list
     await first.create_agent("exclusive")
     second = await SdkClient.connect(b.url, KEY)
     await second.send({"event": "agent.create", "agent_id": "exclusive"})
-    assert (await second.recv())["code"] == "AGENT_IN_USE"
+    refused = await second.recv()
+    assert refused["code"] == "AGENT_IN_USE"
+    # The hints the SDK's conflict retry reads (issue 18 item 9): a live holder, retry slowly.
+    assert refused["holder_alive"] is True and refused["retry_after_s"] == 30, refused
     await first.close()
     await second.close()
+
+
+async def test_agent_in_use_says_when_the_holders_node_is_dead(
+    cluster: tuple[RedisProcess, list[ServerProcess]],
+) -> None:
+    """A crashed node's agent records outlive it by up to the heartbeat TTL; AGENT_IN_USE in
+    that window says holder_alive: false (the SDK then keeps retrying with a fresh budget), and
+    the pending registration takes over when the record expires."""
+    redis, _ = cluster
+    env = {**node_env(redis, "node-doomed"), "VOICE_AGENT_HEARTBEAT_TTL": "10"}
+    doomed = start_server(env)
+    heir = start_server({**env, "VOICE_NODE_ID": "node-heir"})
+    try:
+        holder = await SdkClient.connect(doomed.url, KEY)
+        await holder.create_agent("orphan")
+        doomed.kill()
+        await asyncio.sleep(3.5)  # past the node's presence (three missed beats), within the record's TTL
+        sdk = await SdkClient.connect(heir.url, KEY)
+        await sdk.send({"event": "agent.create", "agent_id": "orphan"})
+        refused = await sdk.recv()
+        assert refused["code"] == "AGENT_IN_USE", refused
+        assert refused["holder_alive"] is False and refused["retry_after_s"] == 10, refused
+        assert (await sdk.wait_for("agent.created", timeout=15))["agent_id"] == "orphan"
+        await sdk.close()
+    finally:
+        heir.stop()
 
 
 async def test_a_session_on_the_wrong_node_is_relayed_to_the_agent(
