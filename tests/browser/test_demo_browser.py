@@ -54,4 +54,4 @@ def test_demo_page_talks_to_the_mock_agent_over_webrtc_and_chat() -> None:
     assert "You said: hello from chromium" in result["transcript"]
     assert result["chat_done"] == "You said: hi chat" and result["chat_tokens"] >= 1
     assert result["errors"] == [] and result["console"] == []
-    assert result["after_hangup"] == {"sessions": 0, "by_transport": {}, "peers": 0}
+    assert result["after_hangup"] == {"sessions": 0, "by_transport": {}, "peers": 0, "peers_built": 1}
