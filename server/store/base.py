@@ -103,11 +103,27 @@ class AgentStore(Protocol):
         ...
 
     async def refresh_agent(self, record: AgentRecord, ttl: float) -> bool:
-        """Extend the lifetime of an agent and its indexes; False when ``owner`` lost it."""
+        """Extend the lifetime of an agent (not its indexes: ``claim_name`` extends those);
+        False when ``owner`` lost it."""
         ...
 
     async def claim_name(self, name: str, value: str, ttl: float) -> str | None:
         """Point the index ``name`` at ``value`` unless it points elsewhere; return that value."""
+        ...
+
+    # The heartbeat's batches: each is the single-record operation applied to every item in
+    # order, each item atomic on its own (never the batch as a whole), in one round trip on
+    # Redis (one per shard on a cluster) instead of one per item. The caller bounds the batch.
+    async def refresh_agents(self, records: Sequence[AgentRecord], ttl: float) -> list[bool]:
+        """``refresh_agent`` for each record: True where it was extended, False where lost."""
+        ...
+
+    async def claim_agents(self, records: Sequence[AgentRecord], ttl: float) -> list[str | None]:
+        """``claim_agent`` for each record: None where stored, else the other owner holding it."""
+        ...
+
+    async def claim_names(self, claims: Sequence[tuple[str, str]], ttl: float) -> list[str | None]:
+        """``claim_name`` for each ``(name, value)``: None where claimed, else the other value."""
         ...
 
     async def lookup_name(self, name: str) -> str | None: ...

@@ -152,6 +152,15 @@ class MemoryStore:
         self._set("ix:" + name, value, ttl)
         return None
 
+    async def refresh_agents(self, records: Sequence[AgentRecord], ttl: float) -> list[bool]:
+        return [await self.refresh_agent(record, ttl) for record in records]
+
+    async def claim_agents(self, records: Sequence[AgentRecord], ttl: float) -> list[str | None]:
+        return [await self.claim_agent(record, ttl) for record in records]
+
+    async def claim_names(self, claims: Sequence[tuple[str, str]], ttl: float) -> list[str | None]:
+        return [await self.claim_name(name, value, ttl) for name, value in claims]
+
     async def lookup_name(self, name: str) -> str | None:
         value: str | None = self._get("ix:" + name)
         return value

@@ -260,6 +260,46 @@ class RedisStore:
         holder = await self._script("claim_name", [PREFIX + "ix:" + name], [value, _ms(ttl)])
         return cast("str | None", holder or None)
 
+    async def refresh_agents(self, records: Sequence[AgentRecord], ttl: float) -> list[bool]:
+        calls = [(_agent_name(r), (r.owner, _ms(ttl))) for r in records]
+        return [bool(reply) for reply in await self._script_batch("refresh_agent", calls)]
+
+    async def claim_agents(self, records: Sequence[AgentRecord], ttl: float) -> list[str | None]:
+        calls = [(_agent_name(r), (r.owner, r.to_json(), _ms(ttl), "")) for r in records]
+        return [reply or None for reply in await self._script_batch("claim_agent", calls)]
+
+    async def claim_names(self, claims: Sequence[tuple[str, str]], ttl: float) -> list[str | None]:
+        calls = [(PREFIX + "ix:" + name, (value, _ms(ttl))) for name, value in claims]
+        return [reply or None for reply in await self._script_batch("claim_name", calls)]
+
+    async def _script_batch(self, name: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """The script ``name`` once per ``(key, args)``, in order, in one non-transactional
+        pipeline on a pooled connection (the token path's stays free): one round trip on a single
+        node, one per shard in parallel on a cluster, whose pipelines accept single-key scripts.
+        Calls a server has no cached copy for (NOSCRIPT after a restart, a failover or SCRIPT
+        FLUSH) go again with the script's text. Any error reply fails the batch (fail closed)."""
+        script = self._scripts[name]
+        replies = await self._pipeline([("EVALSHA", script.sha, 1, key, *args) for key, args in calls])
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, rexc.NoScriptError)]
+        if missing:
+            text = script.script
+            again = await self._pipeline([("EVAL", text, 1, calls[i][0], *calls[i][1]) for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise _unavailable(reply) from reply
+        return replies
+
+    async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` in one redis-py pipeline; an error reply comes back as its exception."""
+        if not commands:
+            return []
+        async with self._slots, _guard(), self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+
     async def lookup_name(self, name: str) -> str | None:
         return cast("str | None", await self._run(self._redis.get(PREFIX + "ix:" + name)))
 
@@ -358,6 +398,10 @@ class RedisStore:
             await self._fence.aclose()
         for client in self._sentinels:
             await client.aclose()
+
+
+def _agent_name(record: AgentRecord) -> str:
+    return PREFIX + "ag:" + agent_key(record.org_id, record.agent_id)
 
 
 def _counting(hits: Sequence[Hit]) -> list[tuple[Any, ...]]:

@@ -7,11 +7,13 @@ import random
 import time
 
 import pytest
+from redis import Redis as SyncRedis
 
 from server.core.apikeys import ApiKey, KeyKind
 from server.core.ratelimit import RateLimit
 from server.store import MemoryStore, RedisStore, Store, redis_client
 from server.store.base import AgentRecord, Hit
+from tests.conftest import FakeClock
 
 
 def record(owner: str = "node-a/conn-1", agent: str = "florencia", **extra: object) -> AgentRecord:
@@ -209,6 +211,110 @@ async def test_names_point_at_one_value(store: Store) -> None:
     assert await store.lookup_name("pub:x") == "acme/x"
     await store.release_name("pub:x", "acme/x")
     assert await store.lookup_name("pub:x") is None
+
+
+async def _mixed_agents(store: Store) -> tuple[list[AgentRecord], list[bool]]:
+    """30 agents claimed by node-a: a third still held, a third taken over by node-b since,
+    a third released (gone); spread over every shard of a cluster."""
+    ours = [record("node-a/c1", agent=f"bot-{i}") for i in range(30)]
+    for mine in ours:
+        assert await store.claim_agent(mine, 10) is None
+    for i, mine in enumerate(ours):
+        if i % 3:
+            await store.release_agent("acme", mine.agent_id, "node-a/c1")
+        if i % 3 == 1:
+            assert await store.claim_agent(record("node-b/c2", agent=mine.agent_id), 10) is None
+    return ours, [i % 3 == 0 for i in range(30)]
+
+
+async def test_a_batch_refresh_extends_only_the_agents_still_held(store: Store) -> None:
+    ours, held = await _mixed_agents(store)
+    assert await store.refresh_agents(ours, 10) == held
+    for i, mine in enumerate(ours):
+        current = await store.get_agent("acme", mine.agent_id)
+        expected = {0: "node-a/c1", 1: "node-b/c2", 2: None}[i % 3]
+        assert (current and current.owner) == expected, mine.agent_id  # nothing taken or revived
+    assert await store.refresh_agents([], 10) == []
+
+
+async def test_a_batch_claim_takes_free_agents_and_names_the_other_holders(store: Store) -> None:
+    ours, _ = await _mixed_agents(store)
+    holders = await store.claim_agents(ours, 10)
+    assert holders == [{1: "node-b/c2"}.get(i % 3) for i in range(30)]
+    for i, mine in enumerate(ours):
+        current = await store.get_agent("acme", mine.agent_id)
+        assert current == (record("node-b/c2", agent=mine.agent_id) if i % 3 == 1 else mine)
+    assert await store.claim_agents([], 10) == []
+
+
+async def test_a_batch_of_name_claims_names_the_other_holders(store: Store) -> None:
+    for i in range(0, 30, 2):
+        assert await store.claim_name(f"ch:whatsapp:{i}", "globex/other", 10) is None
+    claims = [(f"ch:whatsapp:{i}", f"acme/bot-{i}") for i in range(30)]
+    assert await store.claim_names(claims, 10) == ["globex/other" if i % 2 == 0 else None for i in range(30)]
+    assert await store.claim_names(claims[1:2], 10) == [None]  # the holder claims again
+    for i in range(30):
+        assert await store.lookup_name(f"ch:whatsapp:{i}") == (
+            "globex/other" if i % 2 == 0 else f"acme/bot-{i}"
+        )
+    assert await store.claim_names([], 10) == []
+
+
+def test_a_memory_batch_refresh_moves_the_expiry(clock: FakeClock) -> None:
+    memory = MemoryStore(clock=clock)
+    beating, silent = record(agent="beating"), record(agent="silent")
+
+    async def scenario() -> tuple[AgentRecord | None, AgentRecord | None, str | None]:
+        await memory.claim_agents([beating, silent], 10)
+        await memory.claim_names([("pub:beating", "acme/beating")], 10)
+        clock.advance(8)
+        assert await memory.refresh_agents([beating], 10) == [True]
+        await memory.claim_names([("pub:beating", "acme/beating")], 10)
+        clock.advance(8)
+        return (
+            await memory.get_agent("acme", "beating"),
+            await memory.get_agent("acme", "silent"),
+            await memory.lookup_name("pub:beating"),
+        )
+
+    assert asyncio.run(scenario()) == (beating, None, "acme/beating")
+
+
+async def test_redis_batches_set_the_ttl(redis_url: str) -> None:
+    client = redis_client(redis_url)
+    store = RedisStore(client, redis_url)
+    agents = [record(agent=f"bot-{i}") for i in range(3)]
+    await store.claim_agents(agents, 5)
+    await store.claim_names([("pub:bot-0", "acme/bot-0")], 5)
+    assert await store.refresh_agents(agents, 63) == [True] * 3
+    await store.claim_names([("pub:bot-0", "acme/bot-0")], 63)
+    ttls = [await client.pttl(f"vs:ag:acme/bot-{i}") for i in range(3)] + [
+        await client.pttl("vs:ix:pub:bot-0")
+    ]
+    await store.aclose()
+    assert all(60_000 < ttl <= 63_000 for ttl in ttls), ttls
+
+
+async def test_batches_survive_an_emptied_script_cache(store: Store, request: pytest.FixtureRequest) -> None:
+    """After a restart or failover Redis has no cached scripts (NOSCRIPT): a batch sends their text."""
+    backend = request.node.callspec.params["store"]
+    if backend == "memory":
+        pytest.skip("no script cache")
+    ours, held = await _mixed_agents(store)
+    for port in _ports(request, backend):
+        with SyncRedis(host="127.0.0.1", port=port) as client:
+            client.script_flush()
+    assert await store.refresh_agents(ours, 10) == held
+    assert await store.claim_names([("pub:bot-1", "acme/bot-1")], 10) == [None]
+    assert await store.claim_agents(ours[:1], 10) == [None]
+
+
+def _ports(request: pytest.FixtureRequest, backend: str) -> list[int]:
+    if backend == "cluster":
+        return [node.port for node in request.getfixturevalue("redis_cluster").nodes]
+    if backend == "sentinel":
+        return [request.getfixturevalue("redis_sentinel").master.port]
+    return [request.getfixturevalue("redis_server").port]
 
 
 # -- messages and bus ---------------------------------------------------------------------------
