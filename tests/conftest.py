@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from redis import Redis
@@ -69,6 +69,21 @@ def _flush(ports: list[int]) -> None:
     for port in ports:
         with Redis(host="127.0.0.1", port=port) as client:
             client.flushall()
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[Callable[[str], Store]]:
+    """``open_store`` for this test; every store it opened is closed at teardown."""
+    opened: list[Store] = []
+
+    def opener(url: str) -> Store:
+        store = open_store(url)
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        await store.aclose()
 
 
 @pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])

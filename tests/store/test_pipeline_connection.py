@@ -61,21 +61,6 @@ def redis_factory(tmp_path: Path) -> Iterator[StartRedis]:
         server.stop()
 
 
-@pytest.fixture
-async def stores() -> AsyncIterator[OpenStore]:
-    """``open_store`` for this test; every store is closed at teardown."""
-    opened: list[Store] = []
-
-    def opener(url: str) -> Store:
-        store = open_store(url)
-        opened.append(store)
-        return store
-
-    yield opener
-    for store in opened:
-        await store.aclose()
-
-
 def _pause(server: RedisProcess) -> None:
     os.kill(server.proc.pid, signal.SIGSTOP)
 
