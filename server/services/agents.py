@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from server.core.cache import TtlCache
 from server.core.origins import OriginPattern, parse_patterns
 from server.errors import AgentInUse, AgentNotOnline, RegistrationError, VoiceError
+from server.services.presence import presence_name
 from server.services.relay import Relay
 from server.store.base import AgentRecord, AgentStore, agent_key
 
@@ -235,7 +236,7 @@ class AgentRegistry:
         if node_id == self._settings.node_id:
             return key in self._local
         try:
-            return await self._store.lookup_name("node:" + node_id) is not None
+            return await self._store.lookup_name(presence_name(node_id)) is not None
         except VoiceError:
             return True  # unknown: the cautious answer (the SDK retries more slowly)
 

@@ -25,6 +25,11 @@ log = logging.getLogger("voice.node")
 BEAT_SECONDS = 1.0
 
 
+def presence_name(node_id: str) -> str:
+    """The store name a running node with ``node_id`` holds."""
+    return "node:" + node_id
+
+
 class DuplicateNodeId(RuntimeError):
     """Another live process runs with this ``VOICE_NODE_ID``."""
 
@@ -32,7 +37,7 @@ class DuplicateNodeId(RuntimeError):
 class NodePresence:
     def __init__(self, store: Store, node_id: str, ttl: float, poll: float = 0.25) -> None:
         self._store = store
-        self._name = "node:" + node_id
+        self._name = presence_name(node_id)
         self._node_id = node_id
         # Beats more often than agents' heartbeats (two small commands a second): a start-up
         # that finds the id held waits one beat to tell a live holder from a dead run's record.

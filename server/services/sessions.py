@@ -36,6 +36,9 @@ Clock = Callable[[], float]
 CALL_INDEX_GRACE = 60.0  # the call index outlives the longest session by this much
 
 
+INBOUND_BYTES_PER_SECOND = 32 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     max_sessions: int
@@ -44,7 +47,7 @@ class SessionLimits:
     idle_seconds: float
     # What one browser may send towards its agent: bytes a second, with a burst of
     # INBOUND_BURST seconds' worth; each frame costs at least MIN_FRAME_COST (bounds frames too).
-    inbound_bytes_per_second: int = 32 * 1024
+    inbound_bytes_per_second: int = INBOUND_BYTES_PER_SECOND
 
 
 INBOUND_BURST = 8.0
@@ -104,7 +107,9 @@ class Session:
         """Charge ``size`` bytes from the browser; RateLimited past the session's budget."""
         if self._inbound is None:
             manager = self.manager
-            rate = manager.limits.inbound_bytes_per_second if manager is not None else 32 * 1024
+            rate = (
+                manager.limits.inbound_bytes_per_second if manager is not None else INBOUND_BYTES_PER_SECOND
+            )
             self._inbound = InboundBudget(rate, manager.now if manager is not None else time.monotonic)
         self._inbound.spend(size)
 
