@@ -92,6 +92,11 @@ class NodePresence:
             try:
                 await self._store.release_name(self._name, previous)
                 holder = await self._store.claim_name(self._name, self._value, self._ttl)
+                if holder is not None and holder.partition(".")[0] == self._instance:
+                    # Our own earlier beat: its reply was lost, or a promoted replica kept an
+                    # older value (asynchronous replication). Not another process: take it back.
+                    await self._store.release_name(self._name, holder)
+                    holder = await self._store.claim_name(self._name, self._value, self._ttl)
                 if holder is not None:
                     log.error(
                         "VOICE_NODE_ID %s is also used by another running node: agents on both "
