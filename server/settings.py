@@ -228,8 +228,17 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected true/false, got {raw!r}")
 
 
+def _number(kind: Callable[[str], T], raw: str) -> T:
+    """``kind(raw)`` with a message that says what was expected (not Python's own wording)."""
+    try:
+        return kind(raw)
+    except ValueError:
+        expected = "a whole number" if kind is int else "a number"
+        raise ValueError(f"expected {expected}, got {raw!r}") from None
+
+
 def _port(raw: str) -> int:
-    port = int(raw)
+    port = _number(int, raw)
     if not 0 < port < 65536:
         raise ValueError(f"port out of range: {port}")
     return port
@@ -237,7 +246,7 @@ def _port(raw: str) -> int:
 
 def _positive(kind: Callable[[str], T], maximum: float) -> Callable[[str], T]:
     def parse(raw: str) -> T:
-        value = kind(raw)
+        value = _number(kind, raw)
         if not 0 < float(value) <= maximum:  # type: ignore[arg-type]
             raise ValueError(f"must be > 0 and <= {maximum:g}, got {raw!r}")
         return value
@@ -247,7 +256,7 @@ def _positive(kind: Callable[[str], T], maximum: float) -> Callable[[str], T]:
 
 def _int_between(minimum: int, maximum: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw)
+        value = _number(int, raw)
         if not minimum <= value <= maximum:
             raise ValueError(f"must be between {minimum} and {maximum}, got {raw!r}")
         return value
@@ -256,7 +265,7 @@ def _int_between(minimum: int, maximum: int) -> Callable[[str], int]:
 
 
 def _non_negative_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(float, raw)
     if not 0 <= value <= 60:
         raise ValueError(f"must be between 0 and 60, got {raw!r}")
     return value
@@ -330,7 +339,11 @@ def _addresses(raw: str) -> tuple[str, ...]:
 
 
 def _ice_servers(raw: str) -> tuple[Mapping[str, Any], ...]:
-    value = json.loads(raw)
+    expected = "expected a JSON list of RTCIceServer objects, each with 'urls'"
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{expected}; not JSON ({exc})") from None
     if not isinstance(value, list) or not all(isinstance(s, dict) and "urls" in s for s in value):
-        raise ValueError("expected a JSON list of RTCIceServer objects, each with 'urls'")
+        raise ValueError(expected)
     return tuple(value)

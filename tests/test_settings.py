@@ -87,3 +87,24 @@ def test_dev_mode_binds_loopback_unless_asked() -> None:
     with pytest.raises(SettingsError, match="loopback"):
         Settings.from_env({"VOICE_HOST": "0.0.0.0"}, dev=True)
     assert Settings.from_env({"VOICE_HOST": "0.0.0.0", "VOICE_ALLOW_PUBLIC_BIND": "1"}, dev=True)
+
+
+def _variables() -> list[str]:
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "server" / "settings.py").read_text()
+    return sorted(set(re.findall(r'reader\.get\(\s*"(VOICE_[A-Z0-9_]+)"', source)))
+
+
+@pytest.mark.parametrize("name", _variables())
+@pytest.mark.parametrize("raw", ["abc", "1e999x", "-"])
+def test_a_bad_value_is_named_and_explained_in_our_words(name: str, raw: str) -> None:
+    """Issue 14 item 5: `VOICE_TOKEN_TTL=abc` said "could not convert string to float: 'abc'"."""
+    try:
+        Settings.from_env({"VOICE_TOKEN_SECRET": "s", name: raw})
+    except SettingsError as exc:
+        message = str(exc)
+        assert message.startswith(name + ":"), message
+        assert "could not convert" not in message and "invalid literal" not in message, message
+        assert repr(raw) in message or "expected" in message, message
