@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from server.core.ratelimit import RateLimit
@@ -90,9 +93,6 @@ def test_dev_mode_binds_loopback_unless_asked() -> None:
 
 
 def _variables() -> list[str]:
-    import re
-    from pathlib import Path
-
     source = (Path(__file__).resolve().parents[1] / "server" / "settings.py").read_text()
     return sorted(set(re.findall(r'reader\.get\(\s*"(VOICE_[A-Z0-9_]+)"', source)))
 
