@@ -17,7 +17,11 @@ the code as reason on WebSockets)::
     │   ├── TokenInvalid           401 token_invalid
     │   ├── TokenExpired           401 token_expired
     │   ├── TokenSpent             409 token_spent
-    │   └── TokenWrongChannel      403 token_wrong_channel
+    │   ├── TokenWrongChannel      403 token_wrong_channel
+    │   └── TokenWrongAgent        403 token_wrong_agent
+    ├── ScopeForbidden             403 scope_forbidden
+    ├── CallNotFound               404 call_not_found
+    ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
     ├── CapacityExceeded           503 at_capacity
     ├── StoreUnavailable           503 store_unavailable
     ├── SignatureError             403 signature_invalid
@@ -123,6 +127,31 @@ class TokenSpent(TokenError):
 
 class TokenWrongChannel(TokenError):
     status, code, frame_code = 403, "token_wrong_channel", "TOKEN_WRONG_CHANNEL"
+
+
+class TokenWrongAgent(TokenError):
+    """A stream narrowed (``agent=``) to an agent its token does not name."""
+
+    status, code, frame_code = 403, "token_wrong_agent", "TOKEN_WRONG_AGENT"
+
+
+class ScopeForbidden(VoiceError):
+    """A stream socket sent a command that its token's ``scope`` does not allow."""
+
+    status, code, ws_close_code, frame_code = 403, "scope_forbidden", 1008, "SCOPE_FORBIDDEN"
+
+
+class CallNotFound(VoiceError):
+    """A command names a call that is live nowhere (or that this socket may not see)."""
+
+    status, code, ws_close_code, frame_code = 404, "call_not_found", 1008, "CALL_NOT_FOUND"
+
+
+class SlowConsumer(VoiceError):
+    """A stream socket fell further behind than ``VOICE_STREAM_QUEUE`` events: it is closed, and
+    the client resumes with ``after=<last seq>``."""
+
+    status, code, ws_close_code, frame_code = 503, "slow_consumer", 1013, "SLOW_CONSUMER"
 
 
 class CapacityExceeded(VoiceError):

@@ -86,6 +86,10 @@ class Settings:
     whatsapp_session_idle_seconds: float = 3600.0  # besides Meta's 24 h window since the contact wrote
     whatsapp_queue_ttl: float = 86400.0  # how long messages for an offline number are kept
     whatsapp_queue_max: int = 100  # messages kept per offline number (the oldest go first)
+    # The event stream (WS /ws/stream): one log per org, bounded, and a bound on a slow reader
+    stream_retention: int = 1000  # events kept per org for after= replays
+    stream_retention_seconds: float = 3600.0  # an org's log expires this long after its last event
+    stream_queue: int = 1000  # events a stream socket may fall behind before it is closed
     # Request heads (issue 15 Medium 11): slowloris deadline and size limit, in the server itself
     header_timeout: float = 10.0
     max_header_bytes: int = 64 * 1024
@@ -154,6 +158,11 @@ class Settings:
             ),
             "whatsapp_queue_ttl": reader.get("VOICE_WHATSAPP_QUEUE_TTL", _positive(float, 604800), 86400.0),
             "whatsapp_queue_max": reader.get("VOICE_WHATSAPP_QUEUE_MAX", _positive(int, 10_000), 100),
+            "stream_retention": reader.get("VOICE_STREAM_RETENTION", _positive(int, 1_000_000), 1000),
+            "stream_retention_seconds": reader.get(
+                "VOICE_STREAM_RETENTION_SECONDS", _positive(float, 30 * 86400), 3600.0
+            ),
+            "stream_queue": reader.get("VOICE_STREAM_QUEUE", _positive(int, 1_000_000), 1000),
             "header_timeout": reader.get("VOICE_HEADER_TIMEOUT", _positive(float, 3600), 10.0),
             "max_header_bytes": reader.get("VOICE_MAX_HEADER_BYTES", _int_between(1024, 16 << 20), 64 * 1024),
             "drain_seconds": reader.get("VOICE_DRAIN_SECONDS", _positive(float, 3600), 20.0),

@@ -105,6 +105,8 @@ class AgentRegistry:
         # dropped on every node when an agent registers or goes offline anywhere.
         self._cache: TtlCache[str, AgentRecord] = TtlCache(settings.cache_seconds)
         self.relay: Relay | None = None
+        # Sees every frame sent to an agent's calls (the event log of WS /ws/stream); must not await.
+        self.observe: Callable[[str, str, Mapping[str, Any]], None] | None = None
         # Owners are "<node>/<boot>/<connection>": a record left by a previous run of this node
         # (same node id, other boot) is stale and taken over at once.
         self._boot = secrets.token_hex(4)
@@ -418,6 +420,8 @@ class AgentRegistry:
     async def send(self, org_id: str, agent_id: str, frame: Mapping[str, Any]) -> bool:
         """Write ``frame`` to the agent's socket, on this node or relayed to its owner node
         (CONTRACT §8); False when the agent is online nowhere."""
+        if self.observe is not None:
+            self.observe(org_id, agent_id, frame)
         if await self.send_local(org_id, agent_id, frame):
             return True
         if self.relay is None:

@@ -16,6 +16,8 @@ from server.metrics import Metrics
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.authority import Authority
 from server.services.calls import CallRouter
+from server.services.events import CHANNEL as EVENTS_CHANNEL
+from server.services.events import EventLog
 from server.services.keys import KeyService
 from server.services.mock_agent import MockAgent
 from server.services.presence import NodePresence
@@ -46,6 +48,7 @@ class Node:
     on_agent_offline: list[Callable[[AgentRecord], Awaitable[None]]] = field(default_factory=list)
     # Run at shutdown after every session has ended (e.g. close WebRTC peers still mid-offer).
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    events: EventLog | None = None  # what WS /ws/stream reads (set by open)
     presence: NodePresence | None = None  # one live process per VOICE_NODE_ID
     mock_agent: MockAgent | None = None  # VOICE_MOCK_AGENT (dev mode: agent "demo")
     whatsapp: WhatsAppService = field(init=False)  # webhooks and conversations (CONTRACT §7)
@@ -95,6 +98,11 @@ class Node:
         metrics.watch(node.live_metrics)
         relay.call_sink = node.deliver_command
         relay.on_invalidate.append(node.agent_gone_elsewhere)
+        events = node.events = EventLog(store, settings.stream_retention, settings.stream_retention_seconds)
+        events.publish = store.publish
+        registry.observe = events.record
+        relay.listen(EVENTS_CHANNEL, events.on_bus)
+        events.start()
         relay.on_invalidate.append(node.key_revoked)
         node.on_agent_offline.append(sessions.agent_offline)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
@@ -211,9 +219,22 @@ class Node:
         """An agent's command for ``call_id``: to the session here, or relayed to its node."""
         handler = self.calls.get(call_id, org_id)
         if handler is not None:
+            if self.events is not None:
+                self.events.record(org_id, handler.agent_id, frame)
             await handler.on_agent_command(frame)
             return True
         return await self.relay.to_call(org_id, call_id, frame)
+
+    async def command_call(self, org_id: str, agent_id: str, call_id: str, frame: Mapping[str, Any]) -> bool:
+        """A command for ``call_id`` from somewhere other than its agent (a supervising stream):
+        like :meth:`deliver_command`, and also to the agent's node, where a session sits unindexed
+        when its agent is local to it."""
+        if await self.deliver_command(org_id, call_id, frame):
+            return True
+        record = await self.registry.find(org_id, agent_id)
+        if record.node_id == self.settings.node_id:
+            return False
+        return await self.relay.to_call_on(record.node_id, org_id, call_id, frame)
 
     async def aclose(self) -> None:
         if self.mock_agent is not None:
@@ -223,6 +244,8 @@ class Node:
         for hook in self.on_shutdown:
             await hook()
         await self.registry.stop()
+        if self.events is not None:
+            await self.events.stop()
         await self.relay.stop()
         if self.presence is not None:
             await self.presence.stop()

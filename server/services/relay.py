@@ -50,6 +50,11 @@ class Relay:
             asyncio.create_task(self._listen(INVALIDATE, self._invalidated), name="relay-invalidate"),
         ]
 
+    def listen(self, channel: str, handle: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Hand every JSON message on ``channel`` to ``handle`` until :meth:`stop`, resubscribing
+        like the relay's own channels."""
+        self._tasks.append(asyncio.create_task(self._listen(channel, handle), name=f"relay-{channel}"))
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -88,6 +93,11 @@ class Relay:
         node_id = await self._store.lookup_name(call_name(call_id))
         if node_id is None or node_id == self.node_id:
             return False
+        message = {"t": "call", "org": org_id, "call": call_id, "frame": dict(frame)}
+        return await self._store.publish("node:" + node_id, json.dumps(message)) > 0
+
+    async def to_call_on(self, node_id: str, org_id: str, call_id: str, frame: Mapping[str, Any]) -> bool:
+        """Deliver a command to ``call_id`` on ``node_id`` (a session beside its agent has no index)."""
         message = {"t": "call", "org": org_id, "call": call_id, "frame": dict(frame)}
         return await self._store.publish("node:" + node_id, json.dumps(message)) > 0
 

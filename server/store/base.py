@@ -154,6 +154,27 @@ class MessageStore(Protocol):
         ...
 
 
+class EventPage(NamedTuple):
+    """A read of an event log: ``entries`` after the cursor, oldest first, and the bounds of what
+    the log holds (``first`` = oldest kept number, ``last`` = newest given; 0 for an empty log)."""
+
+    entries: list[tuple[int, str]]
+    first: int
+    last: int
+
+
+class EventStore(Protocol):
+    async def log_events(self, log: str, entries: Sequence[str], max_items: int, ttl: float) -> list[int]:
+        """Append ``entries`` to the log ``log`` in order, each under the next number of that log
+        (1, 2, 3...; never given twice while the log lives, whichever node appends), keeping the
+        newest ``max_items``; the log expires ``ttl`` after its last write. Returns the numbers."""
+        ...
+
+    async def read_events(self, log: str, after: int, limit: int) -> EventPage:
+        """Up to ``limit`` entries numbered above ``after`` (none when ``limit`` is 0)."""
+        ...
+
+
 class Bus(Protocol):
     async def publish(self, channel: str, message: str) -> int:
         """Send to every subscriber of ``channel`` on any node; returns how many got it."""
@@ -164,7 +185,7 @@ class Bus(Protocol):
         ...
 
 
-class Store(TokenStore, KeyStore, AgentStore, MessageStore, Bus, Protocol):
+class Store(TokenStore, KeyStore, AgentStore, MessageStore, EventStore, Bus, Protocol):
     """Everything a node needs from the shared store."""
 
     url: str

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.core.apikeys import ApiKey
 from server.core.ratelimit import Verdict, judge, window_ms
-from server.store.base import AgentRecord, Hit, agent_key
+from server.store.base import AgentRecord, EventPage, Hit, agent_key
 
 Clock = Callable[[], float]
 SWEEP_EVERY = 512
+
+
+@dataclass(slots=True)
+class _EventLog:
+    last: int = 0
+    entries: deque[tuple[int, str]] = field(default_factory=deque)
 
 
 class MemoryStore:
@@ -208,6 +214,29 @@ class MemoryStore:
         items = await self.read_list(key)
         self._delete("ls:" + key)
         return items
+
+    # -- event logs ------------------------------------------------------------------------
+    async def log_events(self, log: str, entries: Sequence[str], max_items: int, ttl: float) -> list[int]:
+        key = "ev:" + log
+        held: _EventLog | None = self._get(key)
+        if held is None:
+            held = _EventLog()
+        numbers = []
+        for entry in entries:
+            held.last += 1
+            held.entries.append((held.last, entry))
+            numbers.append(held.last)
+        while len(held.entries) > max_items:
+            held.entries.popleft()
+        self._set(key, held, ttl)
+        return numbers
+
+    async def read_events(self, log: str, after: int, limit: int) -> EventPage:
+        held: _EventLog | None = self._get("ev:" + log)
+        if held is None or not held.entries:
+            return EventPage([], 0, held.last if held is not None else 0)
+        entries = [(n, e) for n, e in held.entries if n > after][:limit] if limit > 0 else []
+        return EventPage(entries, held.entries[0][0], held.last)
 
     # -- bus -------------------------------------------------------------------------------
     async def publish(self, channel: str, message: str) -> int:

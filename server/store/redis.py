@@ -32,7 +32,7 @@ from server.core.apikeys import ApiKey, KeyKind
 from server.core.ratelimit import Verdict, judge, window_ms
 from server.errors import StoreUnavailable, VoiceError
 from server.store import mints
-from server.store.base import AgentRecord, Hit, agent_key
+from server.store.base import AgentRecord, EventPage, Hit, agent_key
 from server.store.pipeline import AutoPipeline
 from server.store.sentinel import FailoverFence
 
@@ -324,6 +324,38 @@ class RedisStore:
     async def pop_list(self, key: str) -> list[str]:
         return cast("list[str]", await self._script("pop_list", [PREFIX + "ls:" + key], []))
 
+    # -- event logs ------------------------------------------------------------------------
+    # A Redis stream per log. ``XADD key 0-*`` numbers entries 0-1, 0-2, ... (Redis 7: explicit
+    # milliseconds, automatic sequence), so the number is given by Redis itself, atomically,
+    # whichever node appends; MAXLEN keeps the newest entries, and the last number given survives
+    # the trimming.
+    async def log_events(self, log: str, entries: Sequence[str], max_items: int, ttl: float) -> list[int]:
+        key = PREFIX + "ev:" + log
+        adds = [("XADD", key, "MAXLEN", max_items, "0-*", "e", entry) for entry in entries]
+        replies = await self._pipeline([*adds, ("PEXPIRE", key, _ms(ttl))])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise _unavailable(reply) from reply
+        return [_event_number(reply) for reply in replies[: len(adds)]]
+
+    async def read_events(self, log: str, after: int, limit: int) -> EventPage:
+        key = PREFIX + "ev:" + log
+        commands: list[tuple[Any, ...]] = [
+            ("XRANGE", key, "-", "+", "COUNT", 1),
+            ("XREVRANGE", key, "+", "-", "COUNT", 1),
+        ]
+        if limit > 0:
+            commands.append(("XRANGE", key, f"0-{after + 1}", "+", "COUNT", limit))
+        replies = await self._pipeline(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise _unavailable(reply) from reply
+        first, last = replies[0], replies[1]
+        entries = [(_event_number(n), fields["e"]) for n, fields in replies[2]] if limit > 0 else []
+        return EventPage(
+            entries, _event_number(first[0][0]) if first else 0, _event_number(last[0][0]) if last else 0
+        )
+
     # -- bus -------------------------------------------------------------------------------
     async def publish(self, channel: str, message: str) -> int:
         return int(await self._run(self._bus.publish(PREFIX + "bus:" + channel, message)))
@@ -398,6 +430,10 @@ class RedisStore:
             await self._fence.aclose()
         for client in self._sentinels:
             await client.aclose()
+
+
+def _event_number(stream_id: str) -> int:
+    return int(stream_id.partition("-")[2])
 
 
 def _agent_name(record: AgentRecord) -> str:

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.errors import VoiceError
 from server.realtime.chat_ws import chat_asgi, chat_endpoint
 from server.realtime.client_ws import client_endpoint
+from server.realtime.stream_ws import stream_endpoint
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
@@ -61,6 +62,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         *whatsapp.routes(),
         WebSocketRoute("/client", client_endpoint),
         WebSocketRoute("/chat/ws", chat_endpoint),
+        WebSocketRoute("/ws/stream", stream_endpoint),
         Route("/api/sdk/agent-info/{agent}", agents.agent_info),
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),

@@ -422,3 +422,39 @@ async def test_concurrent_mints_are_judged_as_if_issued_one_by_one(
         assert await store.consume_token(f"co-{i}") is verdict.allowed, (i, plan)
     assert all(allowed[k] <= limits[k].count for k in limits), allowed
     assert sum(v.allowed for v in verdicts) < len(plans)  # the limits did bite
+
+
+# -- event logs (WS /ws/stream) ------------------------------------------------------------------
+async def test_an_event_log_numbers_entries_in_order_and_reads_after_a_cursor(store: Store) -> None:
+    assert await store.log_events("org-a", ["a", "b"], 10, 60) == [1, 2]
+    assert await store.log_events("org-a", ["c"], 10, 60) == [3]
+    assert await store.log_events("org-b", ["x"], 10, 60) == [1]  # one numbering per log
+    page = await store.read_events("org-a", 1, 100)
+    assert page.entries == [(2, "b"), (3, "c")]
+    assert (page.first, page.last) == (1, 3)
+    assert (await store.read_events("org-a", 0, 2)).entries == [(1, "a"), (2, "b")]
+    assert (await store.read_events("org-a", 3, 100)).entries == []
+
+
+async def test_an_event_log_keeps_the_newest_and_never_gives_a_number_twice(store: Store) -> None:
+    await store.log_events("org-a", [f"e{i}" for i in range(8)], 3, 60)
+    page = await store.read_events("org-a", 0, 100)
+    assert page.entries == [(6, "e5"), (7, "e6"), (8, "e7")]
+    assert (page.first, page.last) == (6, 8)
+    assert await store.log_events("org-a", ["next"], 3, 60) == [9]
+
+
+async def test_reading_an_empty_or_unknown_log(store: Store) -> None:
+    page = await store.read_events("nobody", 0, 10)
+    assert page == ([], 0, 0)
+    await store.log_events("org-a", ["a"], 5, 60)
+    page = await store.read_events("org-a", 0, 0)
+    assert page == ([], 1, 1)  # limit 0: only the bounds
+
+
+async def test_concurrent_appends_to_one_log_get_distinct_consecutive_numbers(store: Store) -> None:
+    results = await asyncio.gather(*(store.log_events("org-a", [f"e{i}"], 1000, 60) for i in range(200)))
+    numbers = sorted(n for batch in results for n in batch)
+    assert numbers == list(range(1, 201))
+    page = await store.read_events("org-a", 0, 1000)
+    assert [n for n, _ in page.entries] == list(range(1, 201))
