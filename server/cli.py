@@ -1,9 +1,9 @@
 """``voice-server``: run the server and manage API keys.
 
 voice-server serve [--dev] [--host H] [--port P] [--allow-public-bind]
-voice-server keys create --org ORG [--publishable] [--label L] [--json]
-voice-server keys list [--json]
-voice-server keys revoke KEY_ID
+voice-server keys create --org ORG [--publishable] [--label L] [--json] [--env-file PATH]
+voice-server keys list [--json] [--env-file PATH]
+voice-server keys revoke KEY_ID [--env-file PATH]
 voice-server whatsapp sign --secret S < payload.json
 voice-server whatsapp send --url URL [--secret S] [--file payload.json]
 """
@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id; it fails on its next use")
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
+    for command in (create, listing, revoke):
+        command.add_argument(
+            "--env-file",
+            metavar="PATH",
+            help="read the server's environment file (systemd EnvironmentFile=, compose env_file) first",
+        )
     cli_whatsapp.add_commands(commands)  # voice-server whatsapp sign|send
     return parser
 
@@ -184,8 +190,10 @@ async def _dev_banner(node: Node) -> None:
 
 
 # -- keys -------------------------------------------------------------------------------------
-def _with_keys(action: Callable[[KeyService], Awaitable[int]]) -> int:
-    settings = Settings.from_env(dev=True)  # key management needs no token secret
+def _with_keys(args: argparse.Namespace, action: Callable[[KeyService], Awaitable[int]]) -> int:
+    # The server's own environment (and --env-file, the file its unit or compose file names);
+    # what only a listening server needs is not asked of a key command.
+    settings = Settings.from_env(env_file=args.env_file, serving=False)
     if settings.store_url.startswith("memory://"):
         raise SettingsError(
             "VOICE_STORE_URL: key commands need the shared store the server uses (e.g. redis://...); "
@@ -224,7 +232,7 @@ def _keys_create(args: argparse.Namespace) -> int:
             print(f"created {key.kind.value} key {key.key_id} for org {key.org_id}", file=sys.stderr)
         return 0
 
-    return _with_keys(action)
+    return _with_keys(args, action)
 
 
 def _keys_list(args: argparse.Namespace) -> int:
@@ -241,7 +249,7 @@ def _keys_list(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return _with_keys(action)
+    return _with_keys(args, action)
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
@@ -253,4 +261,4 @@ def _keys_revoke(args: argparse.Namespace) -> int:
         print(f"revoked {key.key_id} (org {key.org_id})")
         return 0
 
-    return _with_keys(action)
+    return _with_keys(args, action)

@@ -97,9 +97,22 @@ class Settings:
     drain_seconds: float = 20.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``env`` (default: ``os.environ``); ``overrides`` win (CLI flags)."""
-        source = os.environ if env is None else env
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        env_file: str | None = None,
+        serving: bool = True,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``), with the assignments of
+        ``env_file`` (the server's systemd/compose environment file) over it; ``overrides`` win
+        (CLI flags). ``serving=False`` is for operator commands run with the server's own
+        environment: what only a listening server needs (a token secret, a loopback bind in dev
+        mode) is not required of them."""
+        source: Mapping[str, str] = os.environ if env is None else env
+        if env_file is not None:
+            source = {**source, **read_env_file(env_file)}
         reader = _Reader(source)
         dev = overrides.pop("dev", None)
         if dev is None:
@@ -172,12 +185,14 @@ class Settings:
             values["node_id"] = node_id
         values.update(overrides)
         settings = cls(**values)
-        return settings.resolved()
+        return settings.resolved(serving)
 
-    def resolved(self) -> Settings:
+    def resolved(self, serving: bool = True) -> Settings:
         """Fill in what derives from other values, and check what spans several variables."""
         settings = self
-        if settings.dev and not settings.allow_public_bind and not _loopback(settings.host):
+        if not serving:
+            settings = replace(settings, token_secrets=settings.token_secrets or (secrets.token_urlsafe(32),))
+        elif settings.dev and not settings.allow_public_bind and not _loopback(settings.host):
             raise SettingsError(
                 f"VOICE_HOST: dev mode binds to loopback only (got {settings.host!r}); "
                 "pass --allow-public-bind (VOICE_ALLOW_PUBLIC_BIND=1) to expose a dev server"
@@ -203,6 +218,33 @@ class Settings:
     @property
     def public_ws_url(self) -> str:
         return "ws" + self.public_url[len("http") :]
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """``NAME=value`` lines as systemd's ``EnvironmentFile=`` and compose's ``env_file`` read
+    them: blank lines and ``#`` comments skipped, an optional ``export``, values optionally in
+    matching single or double quotes."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise SettingsError(f"--env-file {path}: {exc.strerror or exc}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith(("#", ";")):
+            continue
+        text = text.removeprefix("export ").lstrip()
+        name, equals, value = text.partition("=")
+        name, value = name.strip(), value.strip()
+        if not equals or not name.replace("_", "").isalnum() or name[0].isdigit():
+            raise SettingsError(
+                f"--env-file {path}, line {number}: expected NAME=value, got {line.strip()!r}"
+            )
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    return values
 
 
 class _Reader:

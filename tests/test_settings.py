@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.core.ratelimit import RateLimit
-from server.settings import Settings, SettingsError
+from server.settings import Settings, SettingsError, read_env_file
 
 
 def test_dev_defaults_need_no_configuration() -> None:
@@ -108,3 +108,37 @@ def test_a_bad_value_is_named_and_explained_in_our_words(name: str, raw: str) ->
         assert message.startswith(name + ":"), message
         assert "could not convert" not in message and "invalid literal" not in message, message
         assert repr(raw) in message or "expected" in message, message
+
+
+def test_an_env_file_is_read_as_systemd_and_compose_read_it(tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        "# a comment\n\n; another\nVOICE_PORT=9000\nexport VOICE_HOST = 0.0.0.0\n"
+        "VOICE_PUBLIC_URL='https://a.example.com'\nVOICE_NODE_ID=\"node-x\"\nVOICE_API_KEYS=\n"
+    )
+    assert read_env_file(str(env_file)) == {
+        "VOICE_PORT": "9000",
+        "VOICE_HOST": "0.0.0.0",
+        "VOICE_PUBLIC_URL": "https://a.example.com",
+        "VOICE_NODE_ID": "node-x",
+        "VOICE_API_KEYS": "",
+    }
+    settings = Settings.from_env({"VOICE_PORT": "1"}, env_file=str(env_file), serving=False)
+    assert (settings.port, settings.host, settings.node_id) == (9000, "0.0.0.0", "node-x")  # the file wins
+
+
+def test_a_bad_env_file_line_names_the_file_and_line(tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("VOICE_PORT=1\nthis is not an assignment\n")
+    with pytest.raises(SettingsError, match=r"line 2: expected NAME=value"):
+        read_env_file(str(env_file))
+
+
+def test_operator_commands_need_neither_a_token_secret_nor_a_loopback_bind() -> None:
+    env = {"VOICE_HOST": "0.0.0.0", "VOICE_DEV": "1"}
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)  # a dev server may not bind there...
+    assert Settings.from_env(env, serving=False).host == "0.0.0.0"  # ...a key command may run there
+    with pytest.raises(SettingsError, match="VOICE_TOKEN_SECRET"):
+        Settings.from_env({})
+    assert Settings.from_env({}, serving=False).token_secrets  # a throwaway one, never used to sign

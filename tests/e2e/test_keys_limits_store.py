@@ -14,11 +14,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
+from tests.deploy.deployfiles import compose_environment
 from tests.support.procs import ROOT, RedisProcess, ServerProcess, free_port, start_redis, start_server
 from tests.support.sdk import SdkClient
 
@@ -338,3 +340,33 @@ async def test_a_stalled_store_answers_503_within_its_bound() -> None:
     finally:
         proc.stop()
         redis.stop()
+
+
+@pytest.mark.parametrize("where", ["compose", "systemd"])
+def test_key_commands_work_with_the_environment_the_server_runs_with(
+    redis_db: str, where: str, tmp_path: Path
+) -> None:
+    """Issue 14: with compose's VOICE_HOST=0.0.0.0 the key commands exited 2 (they read settings
+    as in dev mode), and the unit file's `env $(cat env | xargs)` broke on its comment lines."""
+    args: list[str] = []
+    if where == "compose":
+        env = compose_environment("node-a", {"VOICE_TOKEN_SECRET": "s" * 32}) | {"VOICE_STORE_URL": redis_db}
+    else:
+        example = (ROOT / "deploy" / "systemd" / "env.example").read_text()
+        assert "redis://127.0.0.1:6379/0" in example and "\n#" in example  # comments, empty secret
+        env_file = tmp_path / "env"
+        env_file.write_text(example.replace("redis://127.0.0.1:6379/0", redis_db))
+        env, args = {}, ["--env-file", str(env_file)]
+    created = cli("keys", "create", "--org", f"ops-{where}", "--label", "from ops", *args, env=env)
+    assert created.returncode == 0, created.stderr
+    listed = cli("keys", "list", *args, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert any(f"ops-{where}" in line for line in listed.stdout.splitlines())
+
+
+def test_a_missing_env_file_is_one_clear_line(tmp_path: Path) -> None:
+    result = cli("keys", "list", "--env-file", str(tmp_path / "nope"), env={})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"voice-server: configuration error: --env-file {tmp_path / 'nope'}: No such file or directory"
+    ]
