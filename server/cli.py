@@ -97,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[name] = value
     settings = Settings.from_env(**overrides)
-    logsetup.setup(settings.log_level, settings.log_format if not settings.dev else "text")
+    logsetup.setup(settings.log_level, settings.log_format)
     app = create_app(settings, on_ready=_dev_banner if settings.dev else None)
     config = uvicorn.Config(
         app,

@@ -53,7 +53,7 @@ class Settings:
     rate_limit_public: RateLimit = field(default_factory=lambda: parse_rate("60/minute"))
     trusted_proxies: tuple[IpNetwork, ...] = ()
     log_level: str = "INFO"
-    log_format: str = "json"  # json | text
+    log_format: str = "json"  # json | text (dev mode's default is text)
     # Agents' /client sockets
     agent_heartbeat_ttl: float = 10.0
     max_agents_per_node: int = 10_000
@@ -131,7 +131,7 @@ class Settings:
             "rate_limit_public": reader.get("VOICE_RATE_LIMIT_PUBLIC", parse_rate, parse_rate("60/minute")),
             "trusted_proxies": reader.get("VOICE_TRUSTED_PROXIES", _networks, ()),
             "log_level": reader.get("VOICE_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
-            "log_format": reader.get("VOICE_LOG_FORMAT", _choice("json", "text"), "json"),
+            "log_format": reader.get("VOICE_LOG_FORMAT", _choice("json", "text"), "text" if dev else "json"),
             "agent_heartbeat_ttl": reader.get("VOICE_AGENT_HEARTBEAT_TTL", _positive(float, 600), 10.0),
             "cache_seconds": reader.get("VOICE_CACHE_SECONDS", _non_negative_float, 1.0),
             "max_agents_per_node": reader.get("VOICE_MAX_AGENTS", _positive(int, 1_000_000), 10_000),

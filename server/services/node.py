@@ -170,7 +170,10 @@ class Node:
         wa = self.whatsapp
         verdicts = [({"verdict": "unsigned_accepted"}, float(wa.unsigned_accepted))]
         verdicts += [({"verdict": "duplicate"}, float(wa.duplicates))]
-        verdicts += [({"verdict": f"refused_{reason}"}, float(n)) for reason, n in wa.refused.items()]
+        verdicts += [
+            ({"verdict": "refused_" + reason.replace(" ", "_")}, float(n)) for reason, n in wa.refused.items()
+        ]
+        events = self.events
         return {
             "voice_sessions_live": [
                 ({"transport": t}, float(n)) for t, n in self.sessions.count_by_transport().items()
@@ -179,6 +182,8 @@ class Node:
             "voice_sdk_connections": [({}, float(len(self.connections)))],
             "voice_draining": [({}, 1.0 if self.draining else 0.0)],
             "voice_webhook_verdicts": verdicts,
+            "voice_streams_live": [({}, float(events.streams if events else 0))],
+            "voice_stream_events_dropped": [({}, float(events.dropped if events else 0))],
         }
 
     async def connection_closed(self, connection: Any) -> list[AgentRecord]:

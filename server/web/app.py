@@ -67,6 +67,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),
         Route("/metrics", health.metrics),
+        WebSocketRoute("/{path:path}", errors.unknown_websocket),  # last: what no route above serves
     ]
     return VoiceApp(
         fast_lane={**tokens.fast_lane(), ("websocket", "/chat/ws"): chat_asgi},

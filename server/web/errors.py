@@ -7,6 +7,7 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocket
 
 from server.errors import VoiceError
 
@@ -38,3 +39,10 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "Internal server error", "code": "internal_error"}, status_code=500)
+
+
+async def unknown_websocket(websocket: WebSocket) -> None:
+    """A WebSocket handshake on a path nothing serves: the same 404 body an unknown HTTP path
+    gets (uvicorn sends it through the ASGI denial-response extension), not a bare 403."""
+    body = {"detail": f"no WebSocket endpoint at {websocket.url.path}", "code": "not_found"}
+    await websocket.send_denial_response(JSONResponse(body, status_code=404))

@@ -215,6 +215,22 @@ def test_dev_mode_prints_a_working_key_and_curl() -> None:
         proc.stop()
 
 
+@pytest.mark.parametrize("log_format", ["", "json"])
+def test_dev_mode_logs_text_unless_told_json(log_format: str) -> None:
+    """Issue 14: dev mode ignored an explicit VOICE_LOG_FORMAT=json."""
+    proc = start_server({"VOICE_LOG_FORMAT": log_format}, args=["--dev"])
+    try:
+        httpx.get(proc.url + "/healthz")
+        lines = [line for line in proc.log().splitlines() if "Application startup complete" in line]
+    finally:
+        proc.stop()
+    assert len(lines) == 1
+    if log_format == "json":
+        assert json.loads(lines[0])["msg"] == "Application startup complete."
+    else:
+        assert not lines[0].startswith("{")
+
+
 async def test_the_store_fails_closed_and_recovers() -> None:
     """Redis down: no token is issued (503 store_unavailable); Redis back: minting works again."""
     redis = start_redis()

@@ -451,6 +451,17 @@ async def test_unknown_routes_use_the_error_shape(http: httpx.AsyncClient) -> No
     assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
 
 
+@pytest.mark.parametrize("path", ["/nope", "/chat/wss", "/client/x", "/ws/streams"])
+async def test_an_unknown_websocket_path_gets_the_same_404_body(server: ServerProcess, path: str) -> None:
+    """Issue 14: a WebSocket handshake on an unknown path answered a bare 403."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(server.ws_url + path):
+            pass
+    response = refused.value.response
+    assert response.status_code == 404
+    assert json.loads(bytes(response.body or b""))["code"] == "not_found"
+
+
 def _now() -> float:
     import time
 

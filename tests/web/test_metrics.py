@@ -117,3 +117,33 @@ async def test_refused_consumes_are_counted_whatever_the_reason(server: ServerPr
 
     assert grew("token_invalid") == 2
     assert grew("token_wrong_channel") == 1
+
+
+async def test_label_values_are_identifiers_and_no_created_series(server: ServerProcess) -> None:
+    """Issue 14: `verdict="refused_no match"` (a space) and a `_created` series per counter."""
+    sdk = await SdkClient.connect(server.url, OTHER_KEY)
+    await sdk.create_agent("webhooked")
+    await sdk.send(
+        {
+            "event": "channel.add",
+            "agent_id": "webhooked",
+            "type": "whatsapp",
+            "ref": "5550001",
+            "appSecret": "s3",
+        }
+    )
+    assert (await sdk.wait_for("channel.added"))["event"] == "channel.added"
+    body = b'{"entry":[{"changes":[{"value":{"metadata":{"phone_number_id":"5550001"}}}]}]}'
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        refused = await http.post(
+            "/whatsapp/webhook", content=body, headers={"X-Hub-Signature-256": "sha256=" + "0" * 64}
+        )
+        assert refused.status_code == 403, refused.text
+        text = (await http.get("/metrics")).text
+    await sdk.close()
+    assert value(text, "voice_webhook_verdicts_total", verdict="refused_no_match") == 1
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert not [line for line in samples if "_created" in line.split(" ")[0]]
+    for labels in re.findall(r"\{(.*)\}", text):
+        for label, found in re.findall(r'(\w+)="([^"]*)"', labels):
+            assert re.fullmatch(r"[A-Za-z0-9_.:/+-]*", found), (label, found)  # le="+Inf" too
