@@ -124,7 +124,7 @@ class Settings:
             "allow_public_bind": reader.get("VOICE_ALLOW_PUBLIC_BIND", _bool, False),
             "public_url": reader.get("VOICE_PUBLIC_URL", _http_url, ""),
             "store_url": reader.get("VOICE_STORE_URL", _store_url, "memory://"),
-            "token_secrets": reader.get("VOICE_TOKEN_SECRET", _csv, ()),
+            "token_secrets": reader.get("VOICE_TOKEN_SECRET", _token_secrets, ()),
             "token_ttl": reader.get("VOICE_TOKEN_TTL", _positive(float, 3600), 60.0),
             "bootstrap_keys": reader.get("VOICE_API_KEYS", _api_keys, ()),
             "rate_limit_key": reader.get("VOICE_RATE_LIMIT_KEY", parse_rate, parse_rate("100/second")),
@@ -367,6 +367,20 @@ def _store_url(raw: str) -> str:
     if not raw.startswith(schemes):
         raise ValueError(f"expected one of {', '.join(schemes)}, got {raw.split('://')[0]!r}")
     return raw
+
+
+MIN_TOKEN_SECRET = 32  # characters: `openssl rand -base64 32` gives 44
+
+
+def _token_secrets(raw: str) -> tuple[str, ...]:
+    secrets_ = _csv(raw)
+    for index, secret in enumerate(secrets_, 1):
+        if len(secret) < MIN_TOKEN_SECRET:
+            raise ValueError(
+                f"expected secrets of at least {MIN_TOKEN_SECRET} characters (openssl rand -base64 32); "
+                f"secret {index} of {len(secrets_)} has {len(secret)}"
+            )
+    return secrets_
 
 
 def _api_keys(raw: str) -> tuple[tuple[str, str], ...]:

@@ -19,6 +19,9 @@ def test_dev_defaults_need_no_configuration() -> None:
     assert settings.public_url == "http://127.0.0.1:8080"
 
 
+OLD, NEW = "old-" + "o" * 40, "new-" + "n" * 40
+
+
 def test_production_needs_a_token_secret() -> None:
     with pytest.raises(SettingsError, match="VOICE_TOKEN_SECRET"):
         Settings.from_env({})
@@ -27,7 +30,7 @@ def test_production_needs_a_token_secret() -> None:
 def test_values_are_parsed() -> None:
     settings = Settings.from_env(
         {
-            "VOICE_TOKEN_SECRET": "old, new",
+            "VOICE_TOKEN_SECRET": f"{OLD}, {NEW}",
             "VOICE_TOKEN_TTL": "30",
             "VOICE_API_KEYS": "acme:sk_0123456789abcdef,globex:sk_fedcba9876543210",
             "VOICE_RATE_LIMIT_KEY": "20/second",
@@ -40,7 +43,7 @@ def test_values_are_parsed() -> None:
             "VOICE_MAX_HEADER_BYTES": "8192",
         }
     )
-    assert settings.token_secrets == ("old", "new")
+    assert settings.token_secrets == (OLD, NEW)
     assert settings.token_ttl == 30
     assert settings.bootstrap_keys == (("acme", "sk_0123456789abcdef"), ("globex", "sk_fedcba9876543210"))
     assert settings.rate_limit_key == RateLimit(20, 1)
@@ -76,12 +79,15 @@ def test_request_heads_are_bounded_by_default() -> None:
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
-        Settings.from_env({name: value, "VOICE_TOKEN_SECRET": "s"})
+        Settings.from_env({name: value, "VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd"})
 
 
 def test_secrets_stay_out_of_the_repr() -> None:
     settings = Settings.from_env(
-        {"VOICE_TOKEN_SECRET": "topsecret", "VOICE_API_KEYS": "a:sk_0123456789abcdefgh"}
+        {
+            "VOICE_TOKEN_SECRET": "topsecret-0123456789abcdef012345",
+            "VOICE_API_KEYS": "a:sk_0123456789abcdefgh",
+        }
     )
     assert "topsecret" not in repr(settings) and "sk_0123456789abcdefgh" not in repr(settings)
 
@@ -102,7 +108,7 @@ def _variables() -> list[str]:
 def test_a_bad_value_is_named_and_explained_in_our_words(name: str, raw: str) -> None:
     """Issue 14 item 5: `VOICE_TOKEN_TTL=abc` said "could not convert string to float: 'abc'"."""
     try:
-        Settings.from_env({"VOICE_TOKEN_SECRET": "s", name: raw})
+        Settings.from_env({"VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd", name: raw})
     except SettingsError as exc:
         message = str(exc)
         assert message.startswith(name + ":"), message
@@ -142,3 +148,11 @@ def test_operator_commands_need_neither_a_token_secret_nor_a_loopback_bind() -> 
     with pytest.raises(SettingsError, match="VOICE_TOKEN_SECRET"):
         Settings.from_env({})
     assert Settings.from_env({}, serving=False).token_secrets  # a throwaway one, never used to sign
+
+
+@pytest.mark.parametrize("raw", ["abc", "x" * 31, "x" * 32 + ",short"])
+def test_a_token_secret_shorter_than_32_characters_is_refused(raw: str) -> None:
+    """Issue 14 item 5: VOICE_TOKEN_SECRET=abc was accepted in production."""
+    with pytest.raises(SettingsError, match=r"VOICE_TOKEN_SECRET: expected secrets of at least 32 characters.*secret \d of \d has \d+"):
+        Settings.from_env({"VOICE_TOKEN_SECRET": raw})
+    assert Settings.from_env({"VOICE_TOKEN_SECRET": "x" * 32}).token_secrets == ("x" * 32,)

@@ -18,7 +18,11 @@ KEY = "sk_test_drain_0123456789abcdef"
 
 async def test_sigterm_drains_then_exits_within_the_drain_timeout() -> None:
     proc = start_server(
-        {"VOICE_TOKEN_SECRET": "d", "VOICE_API_KEYS": f"acme:{KEY}", "VOICE_DRAIN_SECONDS": "3"}
+        {
+            "VOICE_TOKEN_SECRET": "d-0123456789abcdef0123456789abcd",
+            "VOICE_API_KEYS": f"acme:{KEY}",
+            "VOICE_DRAIN_SECONDS": "3",
+        }
     )
     try:
         busy = await SdkClient.connect(proc.url, KEY)

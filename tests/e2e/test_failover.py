@@ -86,7 +86,7 @@ class Tally:
 
 def node_env(group: SentinelGroup, name: str) -> dict[str, str]:
     return {
-        "VOICE_TOKEN_SECRET": "failover-secret",
+        "VOICE_TOKEN_SECRET": "failover-secret-0123456789abcdef",
         "VOICE_STORE_URL": group.url,
         "VOICE_API_KEYS": f"acme:{KEY}",
         "VOICE_NODE_ID": name,

@@ -48,7 +48,7 @@ def redis_db(redis_server: RedisProcess) -> str:
 def server(redis_db: str) -> Iterator[ServerProcess]:
     proc = start_server(
         {
-            "VOICE_TOKEN_SECRET": "keys-test-secret",
+            "VOICE_TOKEN_SECRET": "keys-test-secret-0123456789abcde",
             "VOICE_STORE_URL": redis_db,
             "VOICE_API_KEYS": f"boot:{BOOT_KEY}",
             "VOICE_RATE_LIMIT_KEY": "5/minute",
@@ -235,7 +235,11 @@ async def test_the_store_fails_closed_and_recovers() -> None:
     """Redis down: no token is issued (503 store_unavailable); Redis back: minting works again."""
     redis = start_redis()
     proc = start_server(
-        {"VOICE_TOKEN_SECRET": "s", "VOICE_STORE_URL": redis.url, "VOICE_API_KEYS": f"boot:{BOOT_KEY}"}
+        {
+            "VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd",
+            "VOICE_STORE_URL": redis.url,
+            "VOICE_API_KEYS": f"boot:{BOOT_KEY}",
+        }
     )
     try:
         agent = name()
@@ -297,7 +301,7 @@ async def test_a_stalled_store_answers_503_within_its_bound() -> None:
     redis = start_redis()
     proc = start_server(
         {
-            "VOICE_TOKEN_SECRET": "s",
+            "VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd",
             "VOICE_STORE_URL": redis.url,
             "VOICE_API_KEYS": f"boot:{BOOT_KEY}",
             "VOICE_CACHE_SECONDS": "0",  # every request reads the key and the agent from Redis
@@ -366,7 +370,9 @@ def test_key_commands_work_with_the_environment_the_server_runs_with(
     as in dev mode), and the unit file's `env $(cat env | xargs)` broke on its comment lines."""
     args: list[str] = []
     if where == "compose":
-        env = compose_environment("node-a", {"VOICE_TOKEN_SECRET": "s" * 32}) | {"VOICE_STORE_URL": redis_db}
+        env = compose_environment(
+            "node-a", {"VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd" * 32}
+        ) | {"VOICE_STORE_URL": redis_db}
     else:
         example = (ROOT / "deploy" / "systemd" / "env.example").read_text()
         assert "redis://127.0.0.1:6379/0" in example and "\n#" in example  # comments, empty secret

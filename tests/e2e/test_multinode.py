@@ -21,7 +21,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 def node_env(redis: RedisProcess, name: str) -> dict[str, str]:
     return {
-        "VOICE_TOKEN_SECRET": "shared-secret",
+        "VOICE_TOKEN_SECRET": "shared-secret-0123456789abcdef01",
         "VOICE_STORE_URL": redis.url,
         "VOICE_API_KEYS": f"acme:{KEY}",
         "VOICE_NODE_ID": name,

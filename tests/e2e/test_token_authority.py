@@ -20,7 +20,7 @@ from tests.support.sdk import SdkClient
 
 KEY_A = "sk_test_acme_0123456789abcdef"
 KEY_B = "sk_test_globex_0123456789abcdef"
-SECRET = "e2e-token-secret"
+SECRET = "e2e-token-secret-0123456789abcdef0123"
 ORIGINS = ["https://*.example.com", "https://demo.mysite.com", "http://localhost:*"]
 HOSTILE = [
     "https://example.com",

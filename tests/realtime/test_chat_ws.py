@@ -27,7 +27,7 @@ from tests.support.sdk import SdkClient
 new_jti = JtiSource()
 KEY = "sk_test_acme_chat_0123456789abcdef"
 OTHER_KEY = "sk_test_globex_chat_0123456789abcdef"
-SECRET = "chat-test-token-secret"
+SECRET = "chat-test-token-secret-0123456789abcdef"
 BASE_ENV = {
     "VOICE_TOKEN_SECRET": SECRET,
     "VOICE_API_KEYS": f"acme:{KEY},globex:{OTHER_KEY}",

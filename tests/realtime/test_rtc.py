@@ -20,7 +20,7 @@ from tests.support.procs import ServerProcess, start_server
 from tests.support.sdk import SdkClient
 
 KEY = "sk_test_rtc_0123456789abcdef"
-SECRET = "rtc-test-secret"
+SECRET = "rtc-test-secret-0123456789abcdef0123"
 BASE_ENV = {
     "VOICE_DEV": "1",
     "VOICE_TOKEN_SECRET": SECRET,

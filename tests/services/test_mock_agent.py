@@ -104,8 +104,13 @@ def test_settings_default_to_a_demo_agent_in_dev_mode_only() -> None:
     keyed = Settings.from_env({"VOICE_DEV": "1", "VOICE_API_KEYS": f"acme:{KEY}"})
     assert keyed.mock_agent_org == "acme", "the org of the first key, so the printed key can mint for it"
     assert Settings.from_env({"VOICE_DEV": "1", "VOICE_MOCK_AGENT": "off"}).mock_agent == ""
-    assert Settings.from_env({"VOICE_TOKEN_SECRET": "s"}).mock_agent == ""
-    assert Settings.from_env({"VOICE_TOKEN_SECRET": "s", "VOICE_MOCK_AGENT": "My_Bot"}).mock_agent == "my-bot"
+    assert Settings.from_env({"VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd"}).mock_agent == ""
+    assert (
+        Settings.from_env(
+            {"VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd", "VOICE_MOCK_AGENT": "My_Bot"}
+        ).mock_agent
+        == "my-bot"
+    )
     with pytest.raises(SettingsError, match="VOICE_MOCK_AGENT_ORIGINS"):
         Settings.from_env({"VOICE_DEV": "1", "VOICE_MOCK_AGENT_ORIGINS": "https://*.com.evil/x"})
 

@@ -91,7 +91,7 @@ async def open_stack(store: Store, graph: FakeGraph, node_id: str = "n1", **over
         "node_id": node_id,
         **overrides,
     }
-    settings = Settings.from_env({"VOICE_TOKEN_SECRET": "t"}, **values)
+    settings = Settings.from_env({"VOICE_TOKEN_SECRET": "t-0123456789abcdef0123456789abcd"}, **values)
     registry = AgentRegistry(store, RegistrySettings(node_id, "http://127.0.0.1:1", 10.0))
     calls = CallRouter()
     clock = FakeClock()
@@ -235,7 +235,9 @@ async def test_a_body_naming_two_numbers_must_verify_against_each_numbers_secret
 
 async def test_bad_json_after_a_valid_signature_is_accepted_with_no_events(stack: Stack) -> None:
     s = stack
-    s.service.settings = Settings.from_env({"VOICE_TOKEN_SECRET": "t"}, whatsapp_app_secrets=("srv",))
+    s.service.settings = Settings.from_env(
+        {"VOICE_TOKEN_SECRET": "t-0123456789abcdef0123456789abcd"}, whatsapp_app_secrets=("srv",)
+    )
     body = b"{not json"
     assert await s.service.receive(body, sign(body, "srv")) == 0
     with pytest.raises(SignatureError):

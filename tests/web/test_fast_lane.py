@@ -36,7 +36,11 @@ KEY = "sk_test_fastlane_0123456789abcdef"
 async def app_client() -> AsyncIterator[tuple[httpx.AsyncClient, Node]]:
     """The real app in-process (memory store), its lifespan run, and agent "bench" online."""
     settings = Settings.from_env(
-        {"VOICE_TOKEN_SECRET": "s", "VOICE_API_KEYS": f"acme:{KEY}", "VOICE_MOCK_AGENT": "off"}
+        {
+            "VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd",
+            "VOICE_API_KEYS": f"acme:{KEY}",
+            "VOICE_MOCK_AGENT": "off",
+        }
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -100,7 +104,11 @@ async def test_an_unexpected_error_in_a_chat_session_closes_it_with_1011(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(chat_ws, "chat_endpoint", broken)
-    app = create_app(Settings.from_env({"VOICE_TOKEN_SECRET": "s", "VOICE_MOCK_AGENT": "off"}))
+    app = create_app(
+        Settings.from_env(
+            {"VOICE_TOKEN_SECRET": "s-0123456789abcdef0123456789abcd", "VOICE_MOCK_AGENT": "off"}
+        )
+    )
     sent: list[dict[str, object]] = []
     incoming = [{"type": "websocket.connect"}]
 

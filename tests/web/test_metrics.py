@@ -21,7 +21,7 @@ OTHER_KEY = "sk_test_metrics_other_0123456789"  # its own rate-limit bucket
 def server() -> Iterator[ServerProcess]:
     proc = start_server(
         {
-            "VOICE_TOKEN_SECRET": "m",
+            "VOICE_TOKEN_SECRET": "m-0123456789abcdef0123456789abcd",
             "VOICE_API_KEYS": f"acme:{KEY},acme:{OTHER_KEY}",
             "VOICE_RATE_LIMIT_KEY": "3/minute",
         }

@@ -20,7 +20,7 @@ from tests.support.sdk import SdkClient
 KEY = "sk_test_http_0123456789abcdef"
 ICE = [{"urls": "turn:turn.example.com:3478", "username": "u", "credential": "c"}]
 ENV = {
-    "VOICE_TOKEN_SECRET": "webrtc-http-secret",
+    "VOICE_TOKEN_SECRET": "webrtc-http-secret-0123456789abc",
     "VOICE_API_KEYS": f"acme:{KEY}",
     "VOICE_RATE_LIMIT_KEY": "0",
     "VOICE_RATE_LIMIT_PUBLIC": "0",
