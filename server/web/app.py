@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.errors import VoiceError
 from server.realtime.chat_ws import chat_asgi, chat_endpoint
 from server.realtime.client_ws import client_endpoint
+from server.services import displace
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
@@ -38,6 +39,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         node = await Node.open(settings, store)
         app.state.node = node
         webrtc_http.install(app, node)
+        displace.install(node)
         try:
             if on_ready is not None:
                 await on_ready(node)
@@ -62,6 +64,8 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         WebSocketRoute("/client", client_endpoint),
         WebSocketRoute("/chat/ws", chat_endpoint),
         Route("/api/sdk/agent-info/{agent}", agents.agent_info),
+        Route("/api/sdk/agents", agents.list_agents, methods=["GET"]),
+        Route("/api/sdk/agents/{slug}", agents.delete_agent, methods=["DELETE"]),
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),
         Route("/metrics", health.metrics),
