@@ -9,7 +9,8 @@ the code as reason on WebSockets)::
     ├── PayloadTooLarge            413 payload_too_large
     ├── CredentialError
     │   ├── InvalidApiKey          401 invalid_api_key
-    │   └── NoCredential           403 no_credential
+    │   ├── NoCredential           403 no_credential
+    │   └── AgentNotPublic         403 agent_not_public
     ├── OriginNotAllowed           403 origin_not_allowed
     ├── AgentNotOnline             404 agent_not_online
     ├── RateLimited                429 rate_limited (+ Retry-After)
@@ -83,6 +84,20 @@ class InvalidApiKey(CredentialError):
 
 class NoCredential(CredentialError):
     status, code, frame_code = 403, "no_credential", "NO_CREDENTIAL"
+
+
+class AgentNotPublic(CredentialError):
+    """A key-less (browser) mint for an agent that is online but registered without
+    ``allowed_origins``: only a backend with a secret API key mints for it (CONTRACT §1)."""
+
+    status, code, frame_code = 403, "agent_not_public", "AGENT_NOT_PUBLIC"
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(
+            f"Agent '{agent_id}' only accepts tokens minted by a backend with a secret API key "
+            "(it was registered without allowed_origins)"
+        )
+        self.agent_id = agent_id
 
 
 class OriginNotAllowed(VoiceError):

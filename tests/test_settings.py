@@ -153,6 +153,7 @@ def test_operator_commands_need_neither_a_token_secret_nor_a_loopback_bind() -> 
 @pytest.mark.parametrize("raw", ["abc", "x" * 31, "x" * 32 + ",short"])
 def test_a_token_secret_shorter_than_32_characters_is_refused(raw: str) -> None:
     """Issue 14 item 5: VOICE_TOKEN_SECRET=abc was accepted in production."""
-    with pytest.raises(SettingsError, match=r"VOICE_TOKEN_SECRET: expected secrets of at least 32 characters.*secret \d of \d has \d+"):
+    expected = r"VOICE_TOKEN_SECRET: expected secrets of at least 32 characters.*secret \d of \d has \d+"
+    with pytest.raises(SettingsError, match=expected):
         Settings.from_env({"VOICE_TOKEN_SECRET": raw})
     assert Settings.from_env({"VOICE_TOKEN_SECRET": "x" * 32}).token_secrets == ("x" * 32,)

@@ -10,6 +10,13 @@ Two indexes point at an agent record, both claimed atomically:
   only the agent, so an agent id is published by at most one org at a time;
 * ``ch:<type>:<ref>`` for channels with a ``ref`` (a WhatsApp phone number id), so a webhook
   finds the agent that owns its number.
+
+Two more indexes only list (``touch_index``: members written within ``LISTING_TTLS`` heartbeat
+TTLs, written at registration and again every ``LISTING_EVERY``-th beat), and are never trusted
+alone: each member is checked against its record, so a member that outlives its agent is harmless.
+* ``agents:<org>`` holds the agent ids of an org, for ``GET /api/sdk/agents`` on any node;
+* ``agent-orgs:<agent_id>`` holds the orgs that registered an agent id (two orgs may), so the
+  key-less mint path can tell "online but not public" (403) from "offline" (404).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Protocol
@@ -41,6 +48,18 @@ MAX_CHANNELS = 32
 # Agents (or index claims) per store call on a heartbeat: one round trip each, and a pipeline
 # small enough not to hold a connection or block Redis for long.
 HEARTBEAT_BATCH = 500
+# The listing indexes' caps: an org lists at most this many agents (the most recently beaten),
+# and the key-less mint path looks at most at this many orgs of one agent id.
+ORG_INDEX_CAP = 10_000
+AGENT_ORGS_CAP = 64
+# The listing indexes are written again every LISTING_EVERY beats (once per heartbeat TTL) and
+# keep a member for LISTING_TTLS heartbeat TTLs: two of those writes can fail before an online
+# agent drops out of a list. Writing them on every beat doubled a beat's time for 3,000 agents
+# (redis-py builds and parses each of the 6,000 script calls).
+LISTING_EVERY = 3
+LISTING_TTLS = 3
+# get_agent calls in flight while listing an org's agents.
+LIST_CONCURRENCY = 50
 
 
 class AgentConnection(Protocol):
@@ -72,6 +91,23 @@ def public_name(agent_id: str) -> str:
 
 def channel_name(kind: str, ref: str) -> str:
     return f"ch:{kind}:{ref}"
+
+
+def org_index(org_id: str) -> str:
+    return "agents:" + org_id
+
+
+def agent_orgs_index(agent_id: str) -> str:
+    return "agent-orgs:" + agent_id
+
+
+async def _touch_listings(store: AgentStore, records: Sequence[AgentRecord], ttl: float) -> None:
+    """Write ``records`` into the listing indexes again (see the module docstring)."""
+    touches = []
+    for r in records:
+        touches.append((org_index(r.org_id), r.agent_id, ORG_INDEX_CAP))
+        touches.append((agent_orgs_index(r.agent_id), r.org_id, AGENT_ORGS_CAP))
+    await store.touch_indexes(touches, ttl)
 
 
 def _index_names(record: AgentRecord) -> list[str]:
@@ -113,6 +149,8 @@ class AgentRegistry:
         # agent_key -> a registration refused with AGENT_IN_USE, retried on every heartbeat:
         # when the holder goes away this connection takes over and gets agent.created then.
         self._pending: dict[str, _Pending] = {}
+        self._beats = 0
+        self._listing_ttl = settings.heartbeat_ttl * LISTING_TTLS
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,10 +182,12 @@ class AgentRegistry:
         TTL). A batch the store fails is logged and retried next beat; the others go on."""
         await self._retry_pending()
         records = [record for _, record in self._local.values()]
+        self._beats += 1
+        listing = self._beats % LISTING_EVERY == 0
         for start in range(0, len(records), HEARTBEAT_BATCH):
             batch = records[start : start + HEARTBEAT_BATCH]
             try:
-                await self._beat_batch(batch)
+                await self._beat_batch(batch, listing)
             except VoiceError as exc:  # the store is down: fail closed, retry next beat
                 log.warning(
                     "heartbeat for %d agents (%s, ...) failed: %s", len(batch), batch[0].agent_id, exc.detail
@@ -155,7 +195,7 @@ class AgentRegistry:
             except Exception:
                 log.exception("heartbeat failed for %d agents (%s, ...)", len(batch), batch[0].agent_id)
 
-    async def _beat_batch(self, batch: list[AgentRecord]) -> None:
+    async def _beat_batch(self, batch: list[AgentRecord], listing: bool) -> None:
         ttl = self._settings.heartbeat_ttl
         kept = await self._store.refresh_agents(batch, ttl)
         lost = [record for record, ok in zip(batch, kept, strict=True) if not ok]
@@ -176,6 +216,8 @@ class AgentRegistry:
             for (name, key), holder in zip(part, await self._store.claim_names(part, ttl), strict=True):
                 if holder is not None:
                     log.warning("index %s of agent %s belongs to %s", name, key, holder)
+        if listing:
+            await _touch_listings(self._store, batch, self._listing_ttl)
 
     # -- registration (from /client) -------------------------------------------------------
     async def register(
@@ -278,6 +320,7 @@ class AgentRegistry:
             ref = channel.get("ref")
             if ref and await self._store.claim_name(channel_name(channel["type"], ref), key, ttl):
                 raise RegistrationError(f"{channel['type']} channel '{ref}' belongs to another agent")
+        await _touch_listings(self._store, [record], self._listing_ttl)
 
     def _owned(self, connection: AgentConnection, agent_id: str) -> AgentRecord:
         entry = self._local.get(agent_key(connection.org_id, agent_id))
@@ -362,6 +405,24 @@ class AgentRegistry:
             await self._forget(record)
         return gone
 
+    def release_local(
+        self, org_id: str, agent_id: str, owner: str
+    ) -> tuple[AgentConnection, AgentRecord] | None:
+        """Take the agent off its socket here if ``owner`` still holds it (a displacement:
+        ``DELETE /api/sdk/agents/{slug}``); the caller then ``release``s the record. The socket
+        stays open with its other agents."""
+        key = agent_key(org_id, agent_id)
+        entry = self._local.get(key)
+        if entry is None or entry[1].owner != owner:
+            return None
+        del self._local[key]
+        return entry
+
+    async def release(self, record: AgentRecord) -> None:
+        """Take ``record`` out of the store (if its owner still holds it), its indexes with it,
+        and tell every node it went offline; what a closing socket does for each of its agents."""
+        await self._forget(record)
+
     async def _forget(self, record: AgentRecord) -> None:
         key = agent_key(record.org_id, record.agent_id)
         await self._changed(record)
@@ -405,6 +466,26 @@ class AgentRegistry:
                 self._cache.put("pub:" + agent_id, record)
                 return record
         raise AgentNotOnline(shown_as or agent_id)
+
+    async def online_anywhere(self, agent_id: str) -> bool:
+        """Whether some org has ``agent_id`` online on some node (``agent-orgs:`` index, each org
+        checked against its record). Only the key-less mint path asks, after ``find_public``
+        failed: it is the difference between 403 agent_not_public and 404 agent_not_online."""
+        for org_id in await self._store.index_members(agent_orgs_index(agent_id), self._listing_ttl):
+            if await self._store.get_agent(org_id, agent_id) is not None:
+                return True
+        return False
+
+    async def online_in_org(self, org_id: str) -> list[AgentRecord]:
+        """Every online agent of ``org_id``, on every node, read from the store (``agents:``
+        index, each id checked against its record), sorted by agent id."""
+        ids = await self._store.index_members(org_index(org_id), self._listing_ttl)
+        found: list[AgentRecord] = []
+        for start in range(0, len(ids), LIST_CONCURRENCY):
+            chunk = ids[start : start + LIST_CONCURRENCY]
+            records = await asyncio.gather(*(self._store.get_agent(org_id, a) for a in chunk))
+            found.extend(r for r in records if r is not None)
+        return sorted(found, key=lambda r: r.agent_id)
 
     async def find_channel(self, kind: str, ref: str) -> AgentRecord | None:
         key = await self._store.lookup_name(channel_name(kind, ref))

@@ -130,6 +130,15 @@ class AgentStore(Protocol):
 
     async def release_name(self, name: str, value: str) -> None: ...
 
+    async def touch_indexes(self, touches: Sequence[tuple[str, str, int]], ttl: float) -> list[list[str]]:
+        """``MessageStore.touch_index`` for each ``(index, member, cap)``, in order, each atomic
+        on its own, in one round trip on Redis (the heartbeat's batch, like ``claim_names``)."""
+        ...
+
+    async def index_members(self, index: str, ttl: float) -> list[str]:
+        """The members of ``index`` written within the last ``ttl`` seconds, oldest first."""
+        ...
+
 
 class MessageStore(Protocol):
     async def first_time(self, key: str, ttl: float) -> bool:

@@ -207,6 +207,14 @@ class MemoryStore:
         self._set("lx:" + index, written, ttl)
         return evicted
 
+    async def touch_indexes(self, touches: Sequence[tuple[str, str, int]], ttl: float) -> list[list[str]]:
+        return [await self.touch_index(index, member, cap, ttl) for index, member, cap in touches]
+
+    async def index_members(self, index: str, ttl: float) -> list[str]:
+        now = self._clock()
+        written: dict[str, float] = self._get("lx:" + index) or {}
+        return [member for member, at in written.items() if at > now - ttl]
+
     async def read_list(self, key: str) -> list[str]:
         return list(self._get("ls:" + key) or [])
 

@@ -52,6 +52,7 @@ _SCRIPTS = (
     "claim_name",
     "release_name",
     "pop_list",
+    "index_members",
     "append_list",
     "touch_index",
     "touch_key",
@@ -317,6 +318,13 @@ class RedisStore:
     async def touch_index(self, index: str, member: str, cap: int, ttl: float) -> list[str]:
         args = [member, cap, _ms(ttl)]
         return cast("list[str]", await self._script("touch_index", [PREFIX + "lx:" + index], args))
+
+    async def touch_indexes(self, touches: Sequence[tuple[str, str, int]], ttl: float) -> list[list[str]]:
+        calls = [(PREFIX + "lx:" + index, (member, cap, _ms(ttl))) for index, member, cap in touches]
+        return [list(reply) for reply in await self._script_batch("touch_index", calls)]
+
+    async def index_members(self, index: str, ttl: float) -> list[str]:
+        return cast("list[str]", await self._script("index_members", [PREFIX + "lx:" + index], [_ms(ttl)]))
 
     async def read_list(self, key: str) -> list[str]:
         return cast("list[str]", await self._run(self._redis.lrange(PREFIX + "ls:" + key, 0, -1)))

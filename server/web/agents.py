@@ -1,7 +1,13 @@
-"""``GET /api/sdk/agent-info/{agent}``: what the VoiceWidget asks to draw its contact menu.
+"""The ``/api/sdk`` routes about agents.
 
-Answered for public agents only (those registered with ``allowed_origins``), and only with
-channel types and numbers, never credentials.
+* ``GET /api/sdk/agent-info/{agent}``: what the VoiceWidget asks to draw its contact menu.
+  Answered for public agents only (those registered with ``allowed_origins``), and only with
+  channel types and numbers, never credentials.
+* ``GET /api/sdk/agents`` (secret API key): the key's org's online agents on every node, in
+  the shape ``pinecall agents`` reads; channel types, counts and refs only, never credentials.
+* ``DELETE /api/sdk/agents/{slug}`` (secret API key): take one of the org's agents offline
+  wherever its ``/client`` socket is (:mod:`server.services.displace`). Another org's agent
+  answers 404 exactly like an unknown one.
 """
 
 from __future__ import annotations
@@ -11,10 +17,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server.core.apikeys import KeyKind, kind_of, parse_bearer
 from server.core.origins import origin_allowed
 from server.core.slugs import agent_slug
+from server.errors import AgentNotOnline, InvalidApiKey
+from server.services import displace
 from server.services.agents import patterns_of
 from server.services.node import Node
+from server.store.base import AgentRecord
 
 _NUMBERED = ("phone", "whatsapp", "sms")
 
@@ -36,3 +46,64 @@ async def agent_info(request: Request) -> Response:
     if origin is not None:
         headers["Access-Control-Allow-Origin"] = str(origin)
     return JSONResponse({"agent": record.agent_id, "channels": channels}, headers=headers)
+
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _org(node: Node, request: Request) -> str:
+    """The org of the request's secret API key, checked as the mint's backend path checks it."""
+    credential = parse_bearer(request.headers.get("authorization"))
+    if credential is None:
+        raise InvalidApiKey("This route needs a secret API key: 'Authorization: Bearer <api key>'")
+    if credential == "":
+        raise InvalidApiKey("Malformed Authorization header; expected 'Bearer <api key>'")
+    if kind_of(credential) is KeyKind.PUBLISHABLE:
+        raise InvalidApiKey("A publishable key cannot manage agents; use a secret API key")
+    key = await node.keys.authenticate(credential, KeyKind.SECRET)
+    return key.org_id
+
+
+def _listed(record: AgentRecord) -> dict[str, Any]:
+    """One agent as ``pinecall agents`` reads it. Built field by field from an allowlist: the
+    stored channel frames hold WhatsApp credentials (accessToken, appSecret, verifyToken)."""
+    channels: dict[str, dict[str, Any]] = {}
+    for channel in record.channels.values():
+        entry = channels.setdefault(str(channel["type"]), {"count": 0, "refs": []})
+        entry["count"] += 1
+        ref = channel.get("ref")
+        if isinstance(ref, str) and ref:
+            entry["refs"].append(ref)
+    phones = list(channels.get("phone", {}).get("refs", []))
+    return {
+        "slug": record.agent_id,
+        "org_id": record.org_id,
+        "phones": phones,
+        "channels": channels,
+        "active": True,
+    }
+
+
+async def list_agents(request: Request) -> Response:
+    node: Node = request.app.state.node
+    org_id = await _org(node, request)
+    agents = [_listed(record) for record in await node.registry.online_in_org(org_id)]
+    phone_map = {phone: agent["slug"] for agent in agents for phone in agent["phones"]}
+    body = {
+        "success": True,
+        "agents": agents,
+        "total": len(agents),
+        "phone_map": phone_map,
+        "dev_overrides": None,
+    }
+    return JSONResponse(body, headers=_NO_STORE)
+
+
+async def delete_agent(request: Request) -> Response:
+    node: Node = request.app.state.node
+    org_id = await _org(node, request)
+    shown = request.path_params["slug"]
+    slug = agent_slug(shown)
+    if not await displace.displace(node, org_id, slug):
+        raise AgentNotOnline(shown)
+    return JSONResponse({"success": True, "displaced": slug, "org_id": org_id}, headers=_NO_STORE)

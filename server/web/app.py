@@ -18,6 +18,7 @@ from server.errors import VoiceError
 from server.realtime.chat_ws import chat_asgi, chat_endpoint
 from server.realtime.client_ws import client_endpoint
 from server.realtime.stream_ws import stream_endpoint
+from server.services import displace
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
@@ -39,6 +40,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         node = await Node.open(settings, store)
         app.state.node = node
         webrtc_http.install(app, node)
+        displace.install(node)
         try:
             if on_ready is not None:
                 await on_ready(node)
@@ -64,6 +66,8 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         WebSocketRoute("/chat/ws", chat_endpoint),
         WebSocketRoute("/ws/stream", stream_endpoint),
         Route("/api/sdk/agent-info/{agent}", agents.agent_info),
+        Route("/api/sdk/agents", agents.list_agents, methods=["GET"]),
+        Route("/api/sdk/agents/{slug}", agents.delete_agent, methods=["DELETE"]),
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),
         Route("/metrics", health.metrics),

@@ -4,7 +4,10 @@ Two ways in, and nothing else:
 * a secret API key (``Authorization: Bearer sk_...``) names the org; the agent must be one
   of that org's online agents; only this path may seal ``metadata``;
 * no key (or a publishable key, which only pins the org): the request's ``Origin`` must match
-  the agent's ``allowed_origins``.
+  the agent's ``allowed_origins``. An agent that is online but registered without them is
+  refused 403 ``agent_not_public``, an offline one 404 ``agent_not_online``; those two refusals
+  (what a stranger probing agent ids sees) count against a per-client-IP bucket of the public
+  rate limit (README, Security).
 
 CORS headers go to matching origins only, always with ``Vary: Origin``; the preflight carries
 the same query string and is judged against the same agent.
@@ -32,7 +35,16 @@ from server.core.clientip import client_ip
 from server.core.origins import Origin, matched_pattern, origin_allowed
 from server.core.slugs import agent_slug
 from server.core.tokens import Channel, parse_metadata, parse_scope
-from server.errors import BadRequest, InvalidApiKey, NoCredential, OriginNotAllowed, RateLimited, VoiceError
+from server.errors import (
+    AgentNotOnline,
+    AgentNotPublic,
+    BadRequest,
+    InvalidApiKey,
+    NoCredential,
+    OriginNotAllowed,
+    RateLimited,
+    VoiceError,
+)
 from server.services.agents import patterns_of
 from server.services.node import Node
 from server.store.base import AgentRecord, Hit
@@ -132,14 +144,43 @@ def _public_bucket(records: Sequence[AgentRecord], origin: Origin, ip: str) -> s
     return "o:" + ",".join(matched) + "|" + ip
 
 
-async def _records(node: Node, agents: list[tuple[str, str]], org_id: str | None) -> list[AgentRecord]:
-    """The requested agents of ``org_id``, or the published ones when no org is known."""
+async def _records(node: Node, agents: list[tuple[str, str]], org_id: str) -> list[AgentRecord]:
+    """The requested agents of ``org_id`` (the secret-key path)."""
+    return [await node.registry.find(org_id, slug, shown_as=shown) for slug, shown in agents]
+
+
+async def _public_records(
+    node: Node, request: MintRequest, agents: list[tuple[str, str]], org_id: str | None
+) -> list[AgentRecord]:
+    """The requested agents for the key-less path: the published ones, or the pinned org's
+    (a publishable key). An agent online without ``allowed_origins`` is refused 403
+    ``agent_not_public``, an offline one 404 (CONTRACT §1); each such refusal is counted in the
+    client IP's probe bucket, so a stranger cannot walk a list of agent ids at full speed."""
     records = []
-    for slug, shown in agents:
-        if org_id is not None:
-            records.append(await node.registry.find(org_id, slug, shown_as=shown))
-        else:
-            records.append(await node.registry.find_public(slug, shown_as=shown))
+    try:
+        for slug, shown in agents:
+            if org_id is not None:
+                record = await node.registry.find(org_id, slug, shown_as=shown)
+                if not record.allowed_origins:
+                    raise AgentNotPublic(shown)
+            else:
+                try:
+                    record = await node.registry.find_public(slug, shown_as=shown)
+                except AgentNotOnline:
+                    # Only after the published lookup failed: the hot path never pays for this.
+                    if await node.registry.online_anywhere(slug):
+                        raise AgentNotPublic(shown) from None
+                    raise
+            records.append(record)
+    except (AgentNotOnline, AgentNotPublic) as refused:
+        settings = node.settings
+        ip = client_ip(request.peer, request.forwarded_for, settings.trusted_proxies)
+        verdict = await node.store.hit([Hit("p:" + ip, settings.rate_limit_public)])
+        if not verdict.allowed:
+            raise RateLimited(
+                "Too many requests for agents that are offline or not public; slow down", verdict.retry_after
+            ) from refused
+        raise
     return records
 
 
@@ -229,7 +270,9 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
                 )
             if params.get("metadata"):
                 raise BadRequest("metadata can only be sealed by a backend request with a secret API key")
-            records = await _records(node, agents, publishable.org_id if publishable else None)
+            records = await _public_records(
+                node, request, agents, publishable.org_id if publishable else None
+            )
             cors_origin = _matching(records, origin_header)
             if cors_origin is None:
                 raise OriginNotAllowed(f"Origin {origin_header[:200]!r} is not allowed for this agent")
@@ -264,7 +307,7 @@ async def preflight(node: Node, request: MintRequest, channel: Channel) -> Answe
     try:
         if origin_header is None:
             raise NoCredential("a CORS preflight needs an Origin header")
-        records = await _records(node, _agent_ids(request, channel), None)
+        records = await _public_records(node, request, _agent_ids(request, channel), None)
         origin = _matching(records, origin_header)
         if origin is None:
             raise OriginNotAllowed(f"Origin {origin_header[:200]!r} is not allowed for this agent")

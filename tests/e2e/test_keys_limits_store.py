@@ -171,6 +171,35 @@ async def test_public_rate_limit_is_per_matched_pattern_and_client_ip(server: Se
     await sdk.close()
 
 
+async def test_key_less_probes_for_offline_or_private_agents_are_rate_limited(server: ServerProcess) -> None:
+    """A stranger walking agent ids on the key-less path (404 offline, 403 private) is counted per
+    client IP against the public limit (3/minute here); another IP has its own bucket, and a
+    public agent's own bucket is not spent by the probes."""
+    private, public = name(), name()
+    sdk = await SdkClient.connect(server.url, BOOT_KEY)
+    await sdk.create_agent(private)
+    await sdk.create_agent(public, allowed_origins=["https://probe.example.org"])
+    async with httpx.AsyncClient(base_url=server.url) as http:
+
+        async def probe(agent: str, ip: str) -> tuple[int, str]:
+            headers = {"Origin": "https://probe.example.org", "X-Forwarded-For": ip}
+            response = await http.get("/chat/token", params={"agent_id": agent}, headers=headers)
+            return response.status_code, response.json().get("code", "")
+
+        walked = [await probe(agent, "198.51.100.9") for agent in (name(), private, name(), private)]
+        other_ip = await probe(private, "198.51.100.10")
+        still_public = await probe(public, "198.51.100.9")
+    assert walked == [
+        (404, "agent_not_online"),
+        (403, "agent_not_public"),
+        (404, "agent_not_online"),
+        (429, "rate_limited"),
+    ]
+    assert other_ip == (403, "agent_not_public")
+    assert still_public == (200, "")
+    await sdk.close()
+
+
 def test_outside_dev_mode_a_token_secret_is_required() -> None:
     port = free_port()
     result = cli("serve", "--port", str(port), env={})

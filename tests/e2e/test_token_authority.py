@@ -374,12 +374,13 @@ async def test_public_mint_refuses_hostile_origins(
 async def test_public_mint_needs_allowed_origins_on_the_agent(
     server: ServerProcess, http: httpx.AsyncClient
 ) -> None:
+    """Online without allowed_origins: 403 agent_not_public (CONTRACT §1), not 404 as if offline."""
     name = agent_name()
     sdk = await online(server, name)
     response = await http.get(
         "/webrtc/token", params={"agent_id": name}, headers={"Origin": "https://app.example.com"}
     )
-    assert response.status_code == 404 or response.json()["code"] == "origin_not_allowed"
+    assert response.status_code == 403 and response.json()["code"] == "agent_not_public", response.text
     await sdk.close()
 
 

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from server.errors import StoreUnavailable
-from server.services.agents import HEARTBEAT_BATCH, AgentRegistry, RegistrySettings
+from server.services.agents import HEARTBEAT_BATCH, LISTING_EVERY, AgentRegistry, RegistrySettings
 from server.store import MemoryStore, open_store
 from server.store.base import AgentRecord
 from tests.conftest import FakeClock
@@ -107,6 +107,13 @@ async def test_a_beat_for_3000_agents_takes_a_few_round_trips(proxy: LatencyProx
         batches = math.ceil(AGENTS / HEARTBEAT_BATCH)
         # Per batch: refresh, claim the lost again, claim the indexes (<= 500 per call).
         assert proxy.round_trips <= 3 * batches + 2, proxy.round_trips
+        # Every LISTING_EVERY-th beat also writes the listing indexes (agents:<org>,
+        # agent-orgs:<id>): one more per batch.
+        for _ in range(LISTING_EVERY - 1):
+            proxy.round_trips = 0
+            await registry.heartbeat()
+        assert proxy.round_trips <= 4 * batches + 2, proxy.round_trips
+        assert len(await store.index_members("agents:acme", 3600)) == AGENTS
         ttls = await _ttls(redis, keys)
         assert all(ttl > 3000 for ttl in ttls), sorted(ttls)[:5]  # extended, none missing (-2)
         by_id = {record.agent_id: record for record in records}
@@ -210,4 +217,36 @@ async def test_stop_returns_when_the_store_swallows_the_cancel() -> None:
     done, _ = await asyncio.wait({stopping}, timeout=5)
     assert stopping in done, "stop() waits for a beat that went on to its next refresh"
     assert store.swallowed
+    await store.aclose()
+
+
+async def test_an_orgs_list_and_an_ids_orgs_follow_registrations_across_beats(clock: FakeClock) -> None:
+    """``online_in_org`` lists the org's agents and no other org's; ``online_anywhere`` finds an
+    id registered by any org. Both stay right past several heartbeat TTLs (the listing indexes
+    are written every LISTING_EVERY-th beat) and drop an agent as soon as it goes offline."""
+    store = MemoryStore(clock=clock)
+    registry = AgentRegistry(store, RegistrySettings("node-t", "http://127.0.0.1:1", TTL), clock=clock)
+    acme, acme_too, globex = FakeConnection("acme"), FakeConnection("acme"), FakeConnection("globex")
+    await registry.register(acme, "support", {}, None)
+    await registry.register(acme_too, "sales", {}, ["https://*.example.com"])
+    await registry.register(globex, "support", {}, None)
+
+    async def listed(org_id: str) -> list[str]:
+        return [record.agent_id for record in await registry.online_in_org(org_id)]
+
+    assert await listed("acme") == ["sales", "support"]
+    assert await listed("globex") == ["support"]
+    assert await listed("initech") == []
+    for _ in range(4 * LISTING_EVERY):  # four heartbeat TTLs, a beat every TTL/3
+        clock.advance(TTL / 3)
+        await registry.heartbeat()
+    assert await listed("acme") == ["sales", "support"]
+    assert await registry.online_anywhere("support") and not await registry.online_anywhere("nobody")
+
+    await registry.disconnect(acme)
+    assert await listed("acme") == ["sales"]
+    assert await registry.online_anywhere("support"), "globex still has one"
+    await registry.disconnect(globex)
+    assert not await registry.online_anywhere("support")
+    await registry.stop()
     await store.aclose()

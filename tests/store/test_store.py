@@ -349,6 +349,45 @@ async def test_an_index_keeps_the_most_recently_written_members(store: Store) ->
     assert await store.touch_index("other", "t5", cap=1, ttl=60) == [], "indexes are separate"
 
 
+async def test_an_index_lists_its_members_oldest_first(store: Store) -> None:
+    """``index_members`` reads what ``touch_index``/``touch_indexes`` wrote (the per-org list of
+    online agents, server/services/agents.py); the batch is the single touch once per item."""
+    assert await store.index_members("org:acme", ttl=60) == []
+    touches = [("org:acme", "a", 10), ("org:acme", "b", 10), ("org:x", "c", 10)]
+    assert await store.touch_indexes(touches, 60) == [[], [], []]
+    assert await store.touch_indexes([("org:acme", "a", 2), ("org:acme", "d", 2)], 60) == [[], ["b"]]
+    assert await store.index_members("org:acme", ttl=60) == ["a", "d"]
+    assert await store.index_members("org:x", ttl=60) == ["c"]
+    assert await store.touch_indexes([], 60) == []
+
+
+def test_a_memory_index_forgets_members_not_written_within_the_ttl(clock: FakeClock) -> None:
+    memory = MemoryStore(clock=clock)
+
+    async def run() -> None:
+        await memory.touch_index("org:acme", "old", cap=10, ttl=60)
+        clock.advance(40)
+        await memory.touch_index("org:acme", "new", cap=10, ttl=60)
+        clock.advance(30)
+        assert await memory.index_members("org:acme", ttl=60) == ["new"]
+        assert await memory.index_members("org:acme", ttl=20) == []
+
+    asyncio.run(run())
+
+
+async def test_a_redis_index_forgets_members_not_written_within_the_ttl(redis_url: str) -> None:
+    """Redis scores by its own clock (TIME); a member 0.3 s old is outside a 0.2 s window."""
+    store = RedisStore(redis_client(redis_url))
+    try:
+        await store.touch_index("org:acme", "old", cap=10, ttl=60)
+        await asyncio.sleep(0.3)
+        await store.touch_index("org:acme", "new", cap=10, ttl=60)
+        assert await store.index_members("org:acme", ttl=0.2) == ["new"]
+        assert await store.index_members("org:acme", ttl=60) == ["old", "new"]
+    finally:
+        await store.aclose()
+
+
 async def test_publish_reaches_a_subscriber(store: Store) -> None:
     received: list[str] = []
     ready = asyncio.Event()
