@@ -23,6 +23,7 @@ the code as reason on WebSockets)::
     ├── ScopeForbidden             403 scope_forbidden
     ├── CallNotFound               404 call_not_found
     ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
+    ├── NotSupported               501 not_supported
     ├── CapacityExceeded           503 at_capacity
     ├── StoreUnavailable           503 store_unavailable
     ├── SignatureError             403 signature_invalid
@@ -167,6 +168,17 @@ class SlowConsumer(VoiceError):
     the client resumes with ``after=<last seq>``."""
 
     status, code, ws_close_code, frame_code = 503, "slow_consumer", 1013, "SLOW_CONSUMER"
+
+
+class NotSupported(VoiceError):
+    """A route of the hosted service that needs a real provider (TTS, STT, PSTN, billing):
+    answered explicitly instead of a 404, so a client sees why. The body also carries ``error``,
+    the field the SDK's audio client reads."""
+
+    status, code, ws_close_code, frame_code = 501, "not_supported", 1008, "NOT_SUPPORTED"
+
+    def to_body(self) -> dict[str, str]:
+        return {**super().to_body(), "error": self.detail}
 
 
 class CapacityExceeded(VoiceError):

@@ -51,7 +51,7 @@ async def agent_info(request: Request) -> Response:
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-async def _org(node: Node, request: Request) -> str:
+async def authenticated_org(node: Node, request: Request) -> str:
     """The org of the request's secret API key, checked as the mint's backend path checks it."""
     credential = parse_bearer(request.headers.get("authorization"))
     if credential is None:
@@ -59,7 +59,7 @@ async def _org(node: Node, request: Request) -> str:
     if credential == "":
         raise InvalidApiKey("Malformed Authorization header; expected 'Bearer <api key>'")
     if kind_of(credential) is KeyKind.PUBLISHABLE:
-        raise InvalidApiKey("A publishable key cannot manage agents; use a secret API key")
+        raise InvalidApiKey("A publishable key cannot call this route; use a secret API key")
     key = await node.keys.authenticate(credential, KeyKind.SECRET)
     return key.org_id
 
@@ -86,7 +86,7 @@ def _listed(record: AgentRecord) -> dict[str, Any]:
 
 async def list_agents(request: Request) -> Response:
     node: Node = request.app.state.node
-    org_id = await _org(node, request)
+    org_id = await authenticated_org(node, request)
     agents = [_listed(record) for record in await node.registry.online_in_org(org_id)]
     phone_map = {phone: agent["slug"] for agent in agents for phone in agent["phones"]}
     body = {
@@ -101,7 +101,7 @@ async def list_agents(request: Request) -> Response:
 
 async def delete_agent(request: Request) -> Response:
     node: Node = request.app.state.node
-    org_id = await _org(node, request)
+    org_id = await authenticated_org(node, request)
     shown = request.path_params["slug"]
     slug = agent_slug(shown)
     if not await displace.displace(node, org_id, slug):

@@ -22,7 +22,7 @@ from server.services import displace
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
-from server.web import agents, demo, errors, health, tokens, webrtc_http, whatsapp
+from server.web import agents, demo, errors, health, sdk_extras, tokens, webrtc_http, whatsapp
 from server.web.middleware import AccessLog, CleanPath
 from server.web.middleware import log as access_log
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         Route("/api/sdk/agent-info/{agent}", agents.agent_info),
         Route("/api/sdk/agents", agents.list_agents, methods=["GET"]),
         Route("/api/sdk/agents/{slug}", agents.delete_agent, methods=["DELETE"]),
+        *sdk_extras.routes(),
         Route("/healthz", health.healthz),
         Route("/readyz", health.readyz),
         Route("/metrics", health.metrics),
