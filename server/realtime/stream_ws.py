@@ -147,6 +147,7 @@ class _Stream:
             for task in done:
                 exc = task.exception()
                 if isinstance(exc, VoiceError):
+                    event(log, "stream closed", level=logging.WARNING, code=exc.code, detail=exc.detail)
                     await self._close(exc.ws_close_code, exc.code)
                 elif exc is not None:
                     log.error("stream socket failed", exc_info=exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -42,7 +43,7 @@ def node_env(redis: RedisProcess, name: str) -> dict[str, str]:
 def nodes() -> Iterator[tuple[ServerProcess, ServerProcess]]:
     redis = start_redis()
     a = start_server(node_env(redis, "node-a"))
-    b = start_server(node_env(redis, "node-b"))
+    b = start_server(node_env(redis, "node-b") | {"VOICE_STREAM_QUEUE": "50"})
     yield a, b
     a.stop()
     b.stop()
@@ -61,11 +62,14 @@ class Agents:
     def __init__(self, alpha: SdkClient, beta: SdkClient, alpha_id: str, beta_id: str) -> None:
         self.alpha, self.beta = alpha, beta
         self.alpha_id, self.beta_id = alpha_id, beta_id
+        self.calls: list[str] = []  # chat calls the agents saw start, oldest first
         self._tasks = [asyncio.create_task(self._echo(alpha)), asyncio.create_task(self._echo(beta))]
 
     async def _echo(self, sdk: SdkClient) -> None:
         while True:
             frame = await sdk.recv(timeout=3600)
+            if frame.get("event") == "llm.chat.started":
+                self.calls.append(frame["call_id"])
             if frame.get("event") in ("chat.message", "user.message"):
                 await sdk.send(
                     {"event": "bot.reply", "call_id": frame["call_id"], "text": "echo " + frame["text"]}
@@ -337,3 +341,40 @@ async def test_another_org_never_sees_these_events(
     )
     assert response.status_code == 404  # beta is acme's: for "other" it is not online
     assert response.json()["code"] == "agent_not_online"
+
+
+async def test_a_reader_that_stops_reading_is_closed_with_slow_consumer(
+    nodes: tuple[ServerProcess, ServerProcess], agents: Agents, http: httpx.AsyncClient
+) -> None:
+    """The socket's kernel buffer is kept tiny and the reader never reads: the server's queue for
+    it (VOICE_STREAM_QUEUE=50 on node B) fills, and it is closed with 1013 slow_consumer instead
+    of buffering without bound."""
+    _, b = nodes
+    beta = agents.beta_id
+    token = (await mint(http, b, "stream", beta))["token"]
+    sock = socket.create_connection(("127.0.0.1", b.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled = await websockets.connect(f"{b.ws_url}/ws/stream?token={token}", sock=sock, max_queue=1)
+    minted = await mint(http, b, "chat", beta)
+    browser = await websockets.connect(
+        minted["server"].replace("http", "ws", 1) + f"/chat/ws?token={minted['token']}"
+    )
+    assert json.loads(await browser.recv())["event"] == "chat.connected"
+    async with asyncio.timeout(10):
+        while not agents.calls:
+            await asyncio.sleep(0.02)
+    text = "word " * 3000  # ~15 KB an event, under the 16 KiB an entry keeps whole
+    for _ in range(600):
+        await agents.beta.send({"event": "bot.reply", "call_id": agents.calls[-1], "text": text})
+    async with asyncio.timeout(60):
+        while "voice_streams_live 0.0" not in (await http.get(f"{b.url}/metrics")).text:
+            await asyncio.sleep(0.2)
+    await browser.close()
+    # A reader that does not read cannot be handed the close frame either (it sits behind the
+    # data the reader left in the buffers, and the server gives up on it): the socket is gone.
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(30):
+            while True:
+                await stalled.recv()
+    closes = [json.loads(line) for line in b.log().splitlines() if '"stream closed"' in line]
+    assert [c["code"] for c in closes] == ["slow_consumer"]
