@@ -14,6 +14,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+# Outside what `kubectl apply -f deploy/k8s/` applies (it does not recurse): applying the folder
+# must never overwrite the operator's Secret with the placeholder.
+K8S_TEMPLATES = K8S / "templates"
 COMPOSE = DEPLOY / "compose.yaml"
 HAPROXY = DEPLOY / "haproxy.cfg"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -49,8 +52,11 @@ def compose() -> dict[str, Any]:
     return doc
 
 
-def k8s_documents() -> list[tuple[Path, dict[str, Any]]]:
-    return [(path, doc) for path in sorted(K8S.glob("*.yaml")) for doc in load_yaml(path)]
+def k8s_documents(templates: bool = True) -> list[tuple[Path, dict[str, Any]]]:
+    """The manifests ``kubectl apply -f deploy/k8s/`` applies, and (``templates``) the Secret
+    template the operator fills in and creates out of band."""
+    paths = sorted(K8S.glob("*.yaml")) + (sorted(K8S_TEMPLATES.glob("*.yaml")) if templates else [])
+    return [(path, doc) for path in paths for doc in load_yaml(path)]
 
 
 def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:

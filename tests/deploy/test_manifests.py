@@ -63,7 +63,7 @@ def test_every_voice_variable_named_in_deploy_is_read_by_the_settings() -> None:
 
 def test_deploy_yaml_passes_yamllint() -> None:
     config = YamlLintConfig(file=str(DEPLOY / ".yamllint.yaml"))
-    paths = sorted({*DEPLOY.glob("*.yaml"), *K8S.glob("*.yaml")})
+    paths = sorted({*DEPLOY.glob("*.yaml"), *K8S.rglob("*.yaml")})
     assert COMPOSE in paths and len(paths) >= 7
     problems = [
         f"{path.relative_to(DEPLOY)}:{p.line}: {p.message}"
@@ -206,7 +206,7 @@ def test_haproxy_accepts_the_config() -> None:
 
 
 # -- kubernetes ------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(K8S.rglob("*.yaml")), ids=lambda p: p.name)
 def test_k8s_manifest_validates_strictly_against_the_kubernetes_schema(path: Path) -> None:
     for doc in k8s_documents():
         if doc[0] == path:
@@ -306,3 +306,13 @@ def test_k8s_secret_ships_no_token_secret_so_an_unedited_deploy_refuses_to_start
     assert k8s_object("Secret")["stringData"]["VOICE_TOKEN_SECRET"] == ""
     with pytest.raises(SettingsError, match="VOICE_TOKEN_SECRET"):
         Settings.from_env(k8s_pod_environment("voice-0", {}))
+
+
+def test_applying_the_folder_never_touches_the_secret() -> None:
+    """Issue 14 item 8: `kubectl apply -f deploy/k8s/` applied the placeholder Secret over the
+    operator's. kubectl reads a folder's files without recursing: no Secret may be among them."""
+    applied = [doc["kind"] for _, doc in k8s_documents(templates=False)]
+    assert "Secret" not in applied and "StatefulSet" in applied
+    assert k8s_object("Secret")["metadata"]["name"] == "voice-secrets"  # the template still exists
+    hint = (DEPLOY / "README.md").read_text()
+    assert "kubectl apply -n voice -f deploy/k8s/\n" in hint
