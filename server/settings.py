@@ -62,6 +62,7 @@ class Settings:
     # Sessions
     ice_servers: tuple[Mapping[str, Any], ...] = ()
     rtc_host_addresses: tuple[str, ...] = ()
+    rtc_connect_seconds: float = 15.0  # a WebRTC session whose media never connects ends after this
     max_sessions: int = 200
     max_sessions_per_org: int = 50
     session_max_seconds: float = 3600.0
@@ -137,6 +138,7 @@ class Settings:
             "max_agents_per_node": reader.get("VOICE_MAX_AGENTS", _positive(int, 1_000_000), 10_000),
             "ice_servers": reader.get("VOICE_ICE_SERVERS", _ice_servers, ()),
             "rtc_host_addresses": reader.get("VOICE_RTC_HOST_ADDRESSES", _addresses, ()),
+            "rtc_connect_seconds": reader.get("VOICE_RTC_CONNECT_SECONDS", _positive(float, 600), 15.0),
             "max_sessions": reader.get("VOICE_MAX_SESSIONS", _positive(int, 100_000), 200),
             "max_sessions_per_org": reader.get("VOICE_MAX_SESSIONS_PER_ORG", _positive(int, 100_000), 50),
             "session_max_seconds": reader.get("VOICE_SESSION_MAX_SECONDS", _positive(float, 86400), 3600.0),

@@ -84,9 +84,16 @@ class WebRtcSession(Session):
     call_prefix = "wrt_"
 
     def __init__(
-        self, org_id: str, agent_id: str, metadata: Mapping[str, Any], config: Mapping[str, Any]
+        self,
+        org_id: str,
+        agent_id: str,
+        metadata: Mapping[str, Any],
+        config: Mapping[str, Any],
+        connect_seconds: float = 15.0,
     ) -> None:
         super().__init__(org_id, agent_id, metadata)
+        self.connect_seconds = connect_seconds
+        self._connected = asyncio.Event()
         self.config: dict[str, Any] = dict(config)
         self.peer: RtcPeer | None = None
         self.history: list[dict[str, str]] = []
@@ -109,7 +116,18 @@ class WebRtcSession(Session):
         self._tasks = [
             asyncio.create_task(self._work(), name=f"inbox-{self.call_id}"),
             asyncio.create_task(self._speak(), name=f"speaker-{self.call_id}"),
+            asyncio.create_task(self._await_media(), name=f"connect-{self.call_id}"),
         ]
+
+    async def _await_media(self) -> None:
+        """A peer whose ICE/DTLS never completes (no route, a blocked port, a browser gone
+        after the offer) ends after ``connect_seconds`` with ``connect_timeout``, freeing its
+        slot, instead of holding it until the idle timeout."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.connect_seconds)
+        except TimeoutError:
+            log.warning("webrtc media never connected in %.0fs: %s", self.connect_seconds, self.call_id)
+            await self.end("connect_timeout")
 
     def started_frame(self) -> dict[str, Any]:
         frame = super().started_frame()
@@ -161,6 +179,8 @@ class WebRtcSession(Session):
             self._later(lambda: self._speech(found))
 
     def on_peer_state(self, state: str) -> None:
+        if state == "connected":
+            self._connected.set()
         if state in ("failed", "closed") and self.end_reason is None:
             task = asyncio.create_task(self.end("peer_disconnected"), name=f"end-{self.call_id}")
             self._tasks.append(task)

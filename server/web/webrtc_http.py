@@ -109,7 +109,11 @@ async def _open_session(node: Node, engine: RtcEngine, raw: bytes) -> tuple[WebR
                 dropped=dropped,
             )
         session = WebRtcSession(
-            claims.org_id, claims.agent_id, merge_metadata(request.metadata, claims.metadata), config
+            claims.org_id,
+            claims.agent_id,
+            merge_metadata(request.metadata, claims.metadata),
+            config,
+            node.settings.rtc_connect_seconds,
         )
         peer = await engine.answer(request.sdp, session)
         try:

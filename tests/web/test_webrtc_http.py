@@ -304,3 +304,34 @@ async def test_the_demo_page_loads_nothing_from_elsewhere(dev: httpx.AsyncClient
     for path in ("/demo", "/demo/demo.js", "/demo/demo.css"):
         text = (await dev.get(path)).text
         assert "https://" not in text and "//cdn" not in text
+
+
+async def test_a_session_whose_media_never_connects_is_ended_and_its_slot_freed() -> None:
+    """Issue 14 item 3: a peer that never completed ICE held its slot until the idle timeout
+    (300 s). Here the browser posts its offer and never applies the answer: no media can flow."""
+    proc = start_server(
+        {**ENV, "VOICE_DEV": "1", "VOICE_MAX_SESSIONS_PER_ORG": "1", "VOICE_RTC_CONNECT_SECONDS": "2"}
+    )
+    try:
+        sdk = await SdkClient.connect(proc.url, KEY)
+        await sdk.create_agent("unreached")
+        async with httpx.AsyncClient(base_url=proc.url, timeout=15) as http:
+            peer = BrowserPeer()
+            offer = {"sdp": await peer.offer_sdp(), "type": "offer", "token": await mint(http, "unreached")}
+            assert (await http.post("/webrtc/offer", json=offer)).status_code == 200  # answer never applied
+            started = await sdk.wait_for("call.started")
+            ended = await sdk.wait_for("call.ended", timeout=10)
+            assert (ended["call_id"], ended["reason"]) == (started["call_id"], "connect_timeout")
+            assert ended["duration_seconds"] < 5
+            live = (await http.get("/debug/sessions")).json()
+            assert live["sessions"] == 0 and live["peers"] == 0
+            # The org's one slot is free again: a real session starts.
+            retry = BrowserPeer()
+            response, _ = await retry.connect(http, await mint(http, "unreached"))
+            assert response.status_code == 200
+            await retry.opened.wait()
+            await retry.close()
+            await peer.close()
+        await sdk.close()
+    finally:
+        proc.stop()

@@ -82,6 +82,11 @@
   // -- voice ---------------------------------------------------------------------------------
   let pingTimer = null;
   let mic = null;
+  let connectTimer = null;
+  const CONNECT_MS = 17000;
+  const NO_MEDIA =
+    "media never connected (no ICE route to the server). Over loopback only: run the server with " +
+    "VOICE_RTC_HOST_ADDRESSES=127.0.0.1 and Chromium with --allow-loopback-in-peer-connection. Press Start to retry.";
 
   function setVoice(state) {
     demo.voiceState = state;
@@ -156,8 +161,14 @@
       demo.pc = pc;
       pc.onconnectionstatechange = () => {
         logEvent("voice", `connectionState ${pc.connectionState}`);
-        if (pc.connectionState === "connected") setVoice("connected");
-        if (pc.connectionState === "failed" || pc.connectionState === "closed") stopVoice(pc.connectionState);
+        if (pc.connectionState === "connected") {
+          clearTimeout(connectTimer);
+          setVoice("connected");
+        }
+        if (pc.connectionState === "failed" || pc.connectionState === "closed") {
+          if (demo.voiceState !== "connected") fail("voice", new Error(NO_MEDIA));
+          stopVoice(pc.connectionState === "closed" ? "closed" : "failed");
+        }
       };
       pc.ontrack = (e) => {
         $("voice-audio").srcObject = e.streams[0] || new MediaStream([e.track]);
@@ -187,6 +198,14 @@
       const answer = await res.json();
       logEvent("voice", { answer: { session_id: answer.session_id, pc_id: answer.pc_id } });
       await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+      // The server ends a session whose media has not connected in 15 s (connect_timeout);
+      // the page says so a little later and offers Start again instead of waiting forever.
+      connectTimer = setTimeout(() => {
+        if (demo.pc === pc && pc.connectionState !== "connected") {
+          fail("voice", new Error(NO_MEDIA));
+          stopVoice("failed");
+        }
+      }, CONNECT_MS);
     } catch (err) {
       fail("voice", err);
       stopVoice("failed");
@@ -194,6 +213,7 @@
   }
 
   function stopVoice(state = "closed") {
+    clearTimeout(connectTimer);
     clearInterval(pingTimer);
     pingTimer = null;
     if (mic) mic.getTracks().forEach((track) => track.stop());
