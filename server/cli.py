@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +28,7 @@ from server.errors import VoiceError
 from server.services.keys import KeyService
 from server.services.node import Node
 from server.settings import Settings, SettingsError
-from server.store import open_store
+from server.store import masked_url, open_store
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,8 +118,54 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # X-Forwarded-For is read only from VOICE_TRUSTED_PROXIES
         server_header=False,
     )
-    _DrainingServer(config, settings.drain_seconds).run()
+    # Bind before anything is printed or opened: a port in use is one line and exit 1, not a
+    # banner with a fresh key and curls that then reach the other server.
+    if settings.dev and not settings.store_url.startswith("memory://"):
+        problem = asyncio.run(_store_problem(settings.store_url))
+        if problem is not None:
+            print(f"voice-server: {problem}", file=sys.stderr)
+            return 1
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"voice-server: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    _DrainingServer(config, settings.drain_seconds).run(sock)
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (uvicorn listens on it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _store_problem(url: str) -> str | None:
+    """Why the store at ``url`` cannot be used right now, or None. Dev mode checks first and
+    stops with that one line; a production node starts anyway (``/readyz`` says 503) and its
+    presence beat reports the outage once, and again when it is over."""
+    store = open_store(url)
+    try:
+        await store.ping()
+    except VoiceError as exc:
+        return (
+            f"cannot reach the store at {masked_url(url)}: {exc.detail}; start it, "
+            "or unset VOICE_STORE_URL to use the embedded store"
+        )
+    finally:
+        await store.aclose()
+    return None
 
 
 class _DrainingServer:
@@ -135,8 +182,8 @@ class _DrainingServer:
         self._default_exit = self.server.handle_exit
         self.server.handle_exit = self.handle_exit  # type: ignore[method-assign]
 
-    def run(self) -> None:
-        self.server.run()
+    def run(self, sock: socket.socket) -> None:
+        self.server.run(sockets=[sock])
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         node = getattr(self.app.state, "node", None)

@@ -17,6 +17,7 @@ import logging
 import uuid
 
 from server.errors import VoiceError
+from server.store import masked_url
 from server.store.base import Store
 
 log = logging.getLogger("voice.node")
@@ -49,6 +50,7 @@ class NodePresence:
         self._instance = uuid.uuid4().hex[:12]
         self._beat = 0
         self._task: asyncio.Task[None] | None = None
+        self.store_down = False
 
     @property
     def _value(self) -> str:
@@ -106,7 +108,19 @@ class NodePresence:
                     self._beat -= 1
             except VoiceError as exc:
                 self._beat -= 1
-                log.warning("node presence beat failed: %s", exc.detail)
+                # The beat is the node's store-health line: one warning when the store goes, one
+                # line when it is back, not one per retry (the other loops stay quiet about it).
+                if not self.store_down:
+                    self.store_down = True
+                    log.warning(
+                        "the store at %s is unreachable: %s; retrying, and saying so when it is back",
+                        masked_url(self._store.url),
+                        exc.detail,
+                    )
+                continue
+            if self.store_down:
+                self.store_down = False
+                log.warning("the store at %s is reachable again", masked_url(self._store.url))
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from server.errors import StoreUnavailable
 from server.store.base import Store
 
 log = logging.getLogger("voice.relay")
@@ -76,8 +77,14 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "relay subscription %s lost (%s); retrying in %.1fs", channel, type(exc).__name__, delay
+                # A store outage is reported once, by the node's presence beat; not per retry here.
+                level = logging.DEBUG if isinstance(exc, StoreUnavailable) else logging.WARNING
+                log.log(
+                    level,
+                    "relay subscription %s lost (%s); retrying in %.1fs",
+                    channel,
+                    type(exc).__name__,
+                    delay,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -48,6 +48,7 @@ from server.errors import (
     RegistrationError,
     SignatureError,
     SignatureRequired,
+    StoreUnavailable,
     VerifyTokenInvalid,
 )
 from server.log import event
@@ -377,6 +378,8 @@ class WhatsAppService:
             self._wake.clear()
             try:
                 await self.sync()
+            except StoreUnavailable as exc:  # reported once by the node's presence beat
+                log.debug("whatsapp channel sync lost the store (%s); retrying", exc.detail)
             except Exception:
                 _stop_if_cancelled()
                 log.exception("whatsapp channel sync failed; retrying")
@@ -387,6 +390,8 @@ class WhatsAppService:
             try:
                 async for raw in self.store.subscribe(self._bus):
                     await self._relayed(json.loads(raw))
+            except StoreUnavailable as exc:  # reported once by the node's presence beat
+                log.debug("whatsapp bus listener lost the store (%s); resubscribing", exc.detail)
             except Exception:
                 _stop_if_cancelled()
                 log.exception("whatsapp bus listener failed; resubscribing")

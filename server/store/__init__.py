@@ -25,11 +25,21 @@ from server.store.base import Store
 from server.store.memory import MemoryStore
 from server.store.redis import RedisStore
 
-__all__ = ["MemoryStore", "RedisStore", "Store", "open_store", "redis_client"]
+__all__ = ["MemoryStore", "RedisStore", "Store", "masked_url", "open_store", "redis_client"]
 
 # Short timeouts: a dead Redis must turn into a quick 503, not a hung request.
 SOCKET_TIMEOUT = 2.0
 MAX_CONNECTIONS = 64
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for a log line or a message: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user = auth.split(":", 1)[0] if ":" in auth else ""
+    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()
 
 
 def _retry() -> Retry:

@@ -421,3 +421,55 @@ def test_a_missing_env_file_is_one_clear_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"voice-server: configuration error: --env-file {tmp_path / 'nope'}: No such file or directory"
     ]
+
+
+def test_a_port_in_use_is_one_line_before_any_banner() -> None:
+    """Issue 14 item 4: the banner printed a fresh key and curls, then the bind failed."""
+    first = start_server({}, args=["--dev"])
+    try:
+        result = cli("serve", "--dev", "--port", str(first.port), env={})
+    finally:
+        first.stop()
+    assert result.returncode == 1
+    assert "API key" not in result.stdout + result.stderr and "curl" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"voice-server: cannot listen on 127.0.0.1:{first.port}: Address already in use"
+    ]
+
+
+def test_dev_mode_with_an_unreachable_store_is_one_line_naming_the_url_without_its_password() -> None:
+    port = free_port()
+    url = f"redis://:hunter2-password@127.0.0.1:{port}/0"
+    result = cli("serve", "--dev", "--port", str(free_port()), env={"VOICE_STORE_URL": url})
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"redis://:***@127.0.0.1:{port}/0" in lines[0] and "hunter2" not in lines[0]
+
+
+def test_a_production_node_reports_a_store_outage_once_and_its_end_once() -> None:
+    """It used to log a traceback every second while the store was down."""
+    port = free_port()
+    server = start_server(
+        {"VOICE_TOKEN_SECRET": "s" * 32, "VOICE_STORE_URL": f"redis://:pw-secret@127.0.0.1:{port}/0"},
+        ready_path="/healthz",
+    )
+    redis = None
+    try:
+        time.sleep(4)  # several beats and resubscriptions
+        down = server.log()
+        redis = start_redis(port=port, extra=["--requirepass", "pw-secret"])
+        deadline = time.monotonic() + 15
+        while "reachable again" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = server.log()
+    finally:
+        server.stop()
+        if redis is not None:
+            redis.stop()
+    warnings = [json.loads(line) for line in down.splitlines() if line.startswith("{")]
+    unreachable = [w for w in warnings if "is unreachable" in w["msg"]]
+    assert len(unreachable) == 1, unreachable
+    assert f"127.0.0.1:{port}" in unreachable[0]["msg"] and "pw-secret" not in down
+    assert "Traceback" not in down and not [w for w in warnings if w["level"] == "error"]
+    assert [line for line in log.splitlines() if "reachable again" in line]
