@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import socket
@@ -25,6 +26,7 @@ from server import cli_whatsapp
 from server import log as logsetup
 from server.core.apikeys import ApiKey, KeyKind
 from server.errors import VoiceError
+from server.log import event
 from server.services.keys import KeyService
 from server.services.node import Node
 from server.settings import Settings, SettingsError
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voice-server", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
+    parser.add_argument("--version", action="version", version=f"voice-server {version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server")
@@ -99,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             overrides[name] = value
     settings = Settings.from_env(**overrides)
     logsetup.setup(settings.log_level, settings.log_format)
-    app = create_app(settings, on_ready=_dev_banner if settings.dev else None)
+    app = create_app(settings, on_ready=_dev_banner if settings.dev else _summary)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -200,6 +203,35 @@ class _DrainingServer:
             self._default_exit(sig, frame)
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("voice-server")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+async def _summary(node: Node) -> None:
+    """Production start-up: one line that says what this node is, then any warning about it."""
+    settings = node.settings
+    startup = logging.getLogger("voice.node")
+    event(
+        startup,
+        "voice-server started",
+        version=version(),
+        node_id=settings.node_id,
+        public_url=settings.public_url,
+        store=masked_url(settings.store_url),
+        listen=f"{settings.host}:{settings.port}",
+    )
+    if settings.unreachable_public_url:
+        startup.warning(
+            "VOICE_PUBLIC_URL is not set while bound to %s: mints answer server=%s, which browsers on "
+            "other machines cannot reach; set VOICE_PUBLIC_URL to this node's own public URL",
+            settings.host,
+            settings.public_url,
+        )
+
+
 async def _dev_banner(node: Node) -> None:
     settings = node.settings
     lines = [f"voice-server (dev mode) on {settings.public_url}  store={settings.store_url}"]
@@ -233,6 +265,11 @@ async def _dev_banner(node: Node) -> None:
             """and send {"event": "message", "text": "hi"}"""
         )
         lines.append(f"  or open {base}/demo?agent={mock.agent_id} in a browser (voice and chat)")
+    if settings.unreachable_public_url:
+        lines.append(
+            f"  WARNING: bound to {settings.host} with no VOICE_PUBLIC_URL: mints answer server={base}, "
+            "which other machines cannot reach; set VOICE_PUBLIC_URL"
+        )
     print("\n".join(lines), flush=True)
 
 

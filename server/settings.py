@@ -45,6 +45,7 @@ class Settings:
     allow_public_bind: bool = False
     node_id: str = field(default_factory=lambda: "node-" + uuid.uuid4().hex[:8])
     public_url: str = ""  # empty: derived from host/port by `resolved()`
+    public_url_derived: bool = False  # True when `resolved()` made it up from host and port
     store_url: str = "memory://"
     token_secrets: tuple[str, ...] = field(default=(), repr=False)
     token_ttl: float = 60.0
@@ -114,7 +115,9 @@ class Settings:
         source: Mapping[str, str] = os.environ if env is None else env
         if env_file is not None:
             source = {**source, **read_env_file(env_file)}
-        reader = _Reader(source)
+        # A variable a CLI flag overrides is not read at all: `--port 9000` starts even when a
+        # stale VOICE_PORT in the environment is not a port.
+        reader = _Reader(source, skip={_FLAG_VARIABLES[k] for k in overrides if k in _FLAG_VARIABLES})
         dev = overrides.pop("dev", None)
         if dev is None:
             dev = reader.get("VOICE_DEV", _bool, False)
@@ -211,11 +214,17 @@ class Settings:
                 host = "127.0.0.1"
             if ":" in host:
                 host = f"[{host}]"
-            settings = replace(settings, public_url=f"http://{host}:{settings.port}")
+            settings = replace(settings, public_url=f"http://{host}:{settings.port}", public_url_derived=True)
         if settings.mock_agent and not settings.mock_agent_org:
             org = settings.bootstrap_keys[0][0] if settings.bootstrap_keys else "dev"
             settings = replace(settings, mock_agent_org=org)
         return settings
+
+    @property
+    def unreachable_public_url(self) -> bool:
+        """Bound to a non-loopback address while the mints' ``server`` is a made-up loopback URL:
+        browsers on other machines would be sent to themselves."""
+        return self.public_url_derived and not _loopback(self.host)
 
     @property
     def public_ws_url(self) -> str:
@@ -249,11 +258,23 @@ def read_env_file(path: str) -> dict[str, str]:
     return values
 
 
+# The `serve` flags and the variables they stand for.
+_FLAG_VARIABLES = {
+    "dev": "VOICE_DEV",
+    "host": "VOICE_HOST",
+    "port": "VOICE_PORT",
+    "allow_public_bind": "VOICE_ALLOW_PUBLIC_BIND",
+}
+
+
 class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], skip: set[str] | None = None) -> None:
         self._env = env
+        self._skip = skip or set()
 
     def get(self, name: str, parse: Callable[[str], T], default: U) -> T | U:
+        if name in self._skip:
+            return default
         raw = self._env.get(name)
         if raw is None or raw.strip() == "":
             return default

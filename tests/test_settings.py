@@ -157,3 +157,22 @@ def test_a_token_secret_shorter_than_32_characters_is_refused(raw: str) -> None:
     with pytest.raises(SettingsError, match=expected):
         Settings.from_env({"VOICE_TOKEN_SECRET": raw})
     assert Settings.from_env({"VOICE_TOKEN_SECRET": "x" * 32}).token_secrets == ("x" * 32,)
+
+
+def test_a_flag_stands_in_for_its_variable_which_is_then_not_read() -> None:
+    """Issue 14 item 5: `serve --port 9000` failed on a stale VOICE_PORT=abc."""
+    with pytest.raises(SettingsError, match="VOICE_PORT"):
+        Settings.from_env({"VOICE_PORT": "abc"}, dev=True)
+    assert (
+        Settings.from_env({"VOICE_PORT": "abc", "VOICE_HOST": "::1::"}, dev=True, port=9000, host="::1").port
+        == 9000
+    )
+
+
+def test_a_public_bind_without_a_public_url_is_flagged() -> None:
+    secret = {"VOICE_TOKEN_SECRET": "s" * 32}
+    assert Settings.from_env({**secret, "VOICE_HOST": "0.0.0.0"}).unreachable_public_url
+    assert not Settings.from_env(
+        {**secret, "VOICE_HOST": "0.0.0.0", "VOICE_PUBLIC_URL": "https://a.example.com"}
+    ).unreachable_public_url
+    assert not Settings.from_env(secret).unreachable_public_url  # loopback: the URL is right
