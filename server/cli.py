@@ -4,6 +4,7 @@ voice-server serve [--dev] [--host H] [--port P] [--allow-public-bind]
 voice-server keys create --org ORG [--publishable] [--label L] [--json] [--env-file PATH]
 voice-server keys list [--json] [--env-file PATH]
 voice-server keys revoke KEY_ID [--env-file PATH]
+voice-server keys rotate KEY_ID [--grace SECONDS] [--json] [--env-file PATH]
 voice-server whatsapp sign --secret S < payload.json
 voice-server whatsapp send --url URL [--secret S] [--file payload.json]
 """
@@ -20,17 +21,19 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server import cli_whatsapp
 from server import log as logsetup
 from server.core.apikeys import ApiKey, KeyKind
+from server.core.redaction import masked_url
 from server.errors import VoiceError
 from server.log import event
-from server.services.keys import KeyService
-from server.services.node import Node
 from server.settings import Settings, SettingsError
-from server.store import masked_url, open_store
+
+if TYPE_CHECKING:  # imported where used: `--version`, `whatsapp sign` and `--help` need none of it
+    from server.services.keys import KeyService
+    from server.services.node import Node
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,13 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--label", default="")
     create.add_argument("--json", action="store_true")
     create.set_defaults(run=_keys_create)
-    listing = keys.add_parser("list", help="one line per key: id, org, created, last used, kind, status")
+    listing = keys.add_parser(
+        "list", help="one line per key: id, org, created, last used, kind, status, label"
+    )
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_keys_list)
     revoke = keys.add_parser("revoke", help="revoke a key by id; it fails on its next use")
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
-    for command in (create, listing, revoke):
+    rotate = keys.add_parser(
+        "rotate", help="a new key for the same org; the old one keeps working for --grace seconds"
+    )
+    rotate.add_argument("key_id")
+    rotate.add_argument("--grace", type=float, default=3600.0, help="seconds the old key still works (3600)")
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(run=_keys_rotate)
+    for command in (create, listing, revoke, rotate):
         command.add_argument(
             "--env-file",
             metavar="PATH",
@@ -158,6 +170,8 @@ async def _store_problem(url: str) -> str | None:
     """Why the store at ``url`` cannot be used right now, or None. Dev mode checks first and
     stops with that one line; a production node starts anyway (``/readyz`` says 503) and its
     presence beat reports the outage once, and again when it is over."""
+    from server.store import open_store
+
     store = open_store(url)
     try:
         await store.ping()
@@ -284,6 +298,9 @@ def _with_keys(args: argparse.Namespace, action: Callable[[KeyService], Awaitabl
             "with the embedded memory:// store use the dev key printed at start, or VOICE_API_KEYS"
         )
 
+    from server.services.keys import KeyService
+    from server.store import open_store
+
     async def run() -> int:
         store = open_store(settings.store_url)
         try:
@@ -294,10 +311,17 @@ def _with_keys(args: argparse.Namespace, action: Callable[[KeyService], Awaitabl
     return asyncio.run(run())
 
 
+def _status(key: ApiKey, now: float) -> str:
+    """``active``; ``expires@<time>`` in a rotation's grace; ``revoked@<time>`` after."""
+    if key.revoked_at is None:
+        return "active"
+    return f"expires@{_when(key.revoked_at)}" if key.active_at(now) else f"revoked@{_when(key.revoked_at)}"
+
+
 def _describe(key: ApiKey) -> dict[str, Any]:
     data = asdict(key)
     data["kind"] = key.kind.value
-    data["status"] = "active" if key.active else "revoked"
+    data["status"] = "active" if key.active_at(time.time()) else "revoked"
     return data
 
 
@@ -324,13 +348,37 @@ def _keys_list(args: argparse.Namespace) -> int:
         listed = await keys.list()
         if args.json:
             print(json.dumps([_describe(k) for k in listed]))
-        for key in [] if args.json else listed:
-            # Columns: id, org, created, last used, kind, status (revoked ones with the time).
-            status = "active" if key.active else f"revoked@{_when(key.revoked_at)}"
+            return 0
+        if not listed:
+            print("no keys in the store (VOICE_API_KEYS keys are configuration, not listed)", file=sys.stderr)
+        now = time.time()
+        for key in listed:
+            # Columns: id, org, created, last used, kind, status, label.
             print(
                 f"{key.key_id}\t{key.org_id}\t{_when(key.created_at)}\t{_when(key.last_used_at)}\t"
-                f"{key.kind.value}\t{status}"
+                f"{key.kind.value}\t{_status(key, now)}\t{key.label or '-'}"
             )
+        return 0
+
+    return _with_keys(args, action)
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    async def action(keys: KeyService) -> int:
+        rotated = await keys.rotate(args.key_id, args.grace)
+        if rotated is None:
+            print(f"voice-server: no active key {args.key_id!r}", file=sys.stderr)
+            return 1
+        new, secret, old = rotated
+        if args.json:
+            print(json.dumps({"new": {**_describe(new), "secret": secret}, "old": _describe(old)}))
+            return 0
+        print(secret)
+        print(
+            f"new {new.kind.value} key {new.key_id} for org {new.org_id}; "
+            f"the old key {old.key_id} works until {_when(old.revoked_at)}",
+            file=sys.stderr,
+        )
         return 0
 
     return _with_keys(args, action)

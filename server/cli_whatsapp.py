@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from server.core.whatsapp import SIGNATURE_HEADER, sample_payload, sign
 
 MAX_INPUT = 16 * 1024 * 1024
@@ -66,7 +64,11 @@ def _send(args: argparse.Namespace) -> int:
         print("voice-server: --url must start with http:// or https://", file=sys.stderr)
         return 2
     if args.file:
-        body = Path(args.file).read_bytes()
+        try:
+            body = Path(args.file).read_bytes()
+        except OSError as exc:
+            print(f"voice-server: cannot read --file {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     else:
         message_id = "wamid.test-" + secrets.token_hex(8)  # a fresh id: the server dedupes redeliveries
         payload = sample_payload(
@@ -76,8 +78,12 @@ def _send(args: argparse.Namespace) -> int:
     headers = {"Content-Type": "application/json"}
     if args.secret:
         headers[SIGNATURE_HEADER] = sign(body, args.secret)
+    import httpx  # here, not at the top: `whatsapp sign` and the other commands need none of it
+
     url = _webhook_url(args.url)
-    print(f"POST {url} ({len(body)} bytes, {'signed' if args.secret else 'UNSIGNED'})", file=sys.stderr)
+    # The server's own words for the two cases (its log says "accepting an UNSIGNED WhatsApp webhook").
+    signing = "signed (X-Hub-Signature-256)" if args.secret else "UNSIGNED (no X-Hub-Signature-256)"
+    print(f"POST {url} ({len(body)} bytes, {signing})", file=sys.stderr)
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=10.0)
     except httpx.HTTPError as exc:

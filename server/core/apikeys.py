@@ -36,9 +36,9 @@ class ApiKey:
     last_used_at: float | None = None
     label: str = ""
 
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
+    def active_at(self, now: float) -> bool:
+        """Usable at ``now``: never revoked, or revoked for a later time (a rotation's grace)."""
+        return self.revoked_at is None or now < self.revoked_at
 
 
 def new_secret(kind: KeyKind) -> str:

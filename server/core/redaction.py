@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 REDACTED = "[redacted]"
 _MAX_DEPTH = 32
@@ -190,3 +191,13 @@ def redact_frame(opcode: str, data: bytes, fin: bool = True) -> str:
 
 def _text(value: Any) -> str:
     return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for a log line or a message: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user = auth.split(":", 1)[0] if ":" in auth else ""
+    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()

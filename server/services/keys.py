@@ -65,7 +65,7 @@ class KeyService:
             key = await self._store.key_by_digest(digest)
             if key is not None:
                 self._cache.put(digest, key)
-        if key is None or not key.active or (kind is not None and key.kind is not kind):
+        if key is None or not key.active_at(self._clock()) or (kind is not None and key.kind is not kind):
             raise InvalidApiKey("Invalid API key")
         now = self._clock()
         if now - self._touched.get(key.key_id, 0.0) >= TOUCH_EVERY:
@@ -82,6 +82,23 @@ class KeyService:
         if key is not None and self._bus is not None:
             await self._bus.publish(INVALIDATE, json.dumps({"kind": "key", "key": key_id}))
         return key
+
+    async def rotate(self, key_id: str, grace_seconds: float) -> tuple[ApiKey, str, ApiKey] | None:
+        """A new key of the same org, kind and label; the old one keeps working for
+        ``grace_seconds`` more, then fails like a revoked key (its /client sockets close then, on
+        every node). None when there is no active key ``key_id``."""
+        now = self._clock()
+        old = next((k for k in await self._store.list_keys() if k.key_id == key_id), None)
+        if old is None or not old.active_at(now):
+            return None
+        new, secret = await self.create(old.org_id, old.kind, old.label)
+        ends = now + grace_seconds
+        revoked = await self._store.revoke_key(key_id, ends)
+        self.forget(key_id)
+        if revoked is not None and self._bus is not None:
+            message = {"kind": "key_expires", "key": f"{key_id}@{revoked.revoked_at}"}
+            await self._bus.publish(INVALIDATE, json.dumps(message))
+        return new, secret, revoked or old
 
     def forget(self, key_id: str) -> None:
         """Drop the cached copy of ``key_id`` (an invalidation from any node)."""

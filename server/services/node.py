@@ -46,6 +46,7 @@ class Node:
     draining: bool = False
     connections: set[Any] = field(default_factory=set)  # live /client sockets
     on_agent_offline: list[Callable[[AgentRecord], Awaitable[None]]] = field(default_factory=list)
+    background: set[asyncio.Task[None]] = field(default_factory=set)  # timers (a rotated key's end)
     # Run at shutdown after every session has ended (e.g. close WebRTC peers still mid-offer).
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     events: EventLog | None = None  # what WS /ws/stream reads (set by open)
@@ -76,7 +77,11 @@ class Node:
         registry.relay = relay
         relay.agent_sink = registry.send_local
         relay.on_invalidate.append(
-            lambda kind, key: keys.forget(key) if kind == "key" else registry.forget_cached(key)
+            lambda kind, key: (
+                keys.forget(key.partition("@")[0])
+                if kind in ("key", "key_expires")
+                else registry.forget_cached(key)
+            )
         )
         await relay.start()
         await registry.start()
@@ -104,6 +109,7 @@ class Node:
         relay.listen(EVENTS_CHANNEL, events.on_bus)
         events.start()
         relay.on_invalidate.append(node.key_revoked)
+        relay.on_invalidate.append(node.key_expiring)
         node.on_agent_offline.append(sessions.agent_offline)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
         await node.whatsapp.start()
@@ -195,6 +201,23 @@ class Node:
                 await hook(record)
         return gone
 
+    async def key_expiring(self, kind: str, key: str) -> None:
+        """A rotated key's grace ends at a given time: its /client sockets close then, here."""
+        if kind != "key_expires":
+            return
+        key_id, _, at = key.partition("@")
+        try:
+            delay = max(0.0, float(at) - time.time())
+        except ValueError:
+            return
+        task = asyncio.create_task(self._expire(key_id, delay), name=f"key-expires-{key_id}")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _expire(self, key_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self.key_revoked("key", key_id)
+
     async def key_revoked(self, kind: str, key: str) -> None:
         """An API key was revoked (on any node, or by the CLI): the /client sockets that
         authenticated with it close here, and their agents go offline at once, so nothing can
@@ -242,6 +265,8 @@ class Node:
         return await self.relay.to_call_on(record.node_id, org_id, call_id, frame)
 
     async def aclose(self) -> None:
+        for task in list(self.background):
+            task.cancel()
         if self.mock_agent is not None:
             await self.mock_agent.stop()
         await self.whatsapp.aclose()

@@ -16,8 +16,8 @@ import contextlib
 import logging
 import uuid
 
+from server.core.redaction import masked_url
 from server.errors import VoiceError
-from server.store import masked_url
 from server.store.base import Store
 
 log = logging.getLogger("voice.node")

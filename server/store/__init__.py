@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
+from server.core.redaction import masked_url
 from server.store.base import Store
 from server.store.memory import MemoryStore
 from server.store.redis import RedisStore
@@ -30,16 +31,6 @@ __all__ = ["MemoryStore", "RedisStore", "Store", "masked_url", "open_store", "re
 # Short timeouts: a dead Redis must turn into a quick 503, not a hung request.
 SOCKET_TIMEOUT = 2.0
 MAX_CONNECTIONS = 64
-
-
-def masked_url(url: str) -> str:
-    """``url`` fit for a log line or a message: its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    auth, _, hosts = parts.netloc.rpartition("@")
-    user = auth.split(":", 1)[0] if ":" in auth else ""
-    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()
 
 
 def _retry() -> Retry:

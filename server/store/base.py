@@ -82,7 +82,10 @@ class KeyStore(Protocol):
 
     async def list_keys(self) -> list[ApiKey]: ...
 
-    async def revoke_key(self, key_id: str, at: float) -> ApiKey | None: ...
+    async def revoke_key(self, key_id: str, at: float) -> ApiKey | None:
+        """Set the key's ``revoked_at`` to ``at`` unless it is already earlier (a future ``at``
+        is a rotation's grace); the key as stored, or None when unknown."""
+        ...
 
     async def touch_key(self, key_id: str, at: float) -> None:
         """Record a use (best effort: the caller throttles how often)."""

@@ -115,7 +115,7 @@ class MemoryStore:
         key = self._keys.get(key_id)
         if key is None:
             return None
-        if key.revoked_at is None:
+        if key.revoked_at is None or key.revoked_at > at:  # only ever earlier (a rotation's grace)
             key = self._keys[key_id] = replace(key, revoked_at=at)
         return key
 

@@ -75,8 +75,9 @@ async def test_keys_create_list_revoke(server: ServerProcess, redis_db: str) -> 
     assert listed.returncode == 0
     assert secret not in listed.stdout
     row = next(line for line in listed.stdout.splitlines() if line.split("\t")[1] == "cli-org")
-    key_id, org, created, last_used, kind, status = row.split("\t")
-    assert (org, last_used, kind, status) == ("cli-org", "-", "secret", "active") and created.endswith("Z")
+    key_id, org, created, last_used, kind, status, label = row.split("\t")
+    assert (org, last_used, kind, status, label) == ("cli-org", "-", "secret", "active", "-")
+    assert created.endswith("Z")
     assert key_id.startswith("key_")
     as_json = json.loads(cli("keys", "list", "--json", env=env).stdout)
     assert any(k["key_id"] == key_id and k["status"] == "active" for k in as_json)
@@ -473,3 +474,63 @@ def test_a_production_node_reports_a_store_outage_once_and_its_end_once() -> Non
     assert f"127.0.0.1:{port}" in unreachable[0]["msg"] and "pw-secret" not in down
     assert "Traceback" not in down and not [w for w in warnings if w["level"] == "error"]
     assert [line for line in log.splitlines() if "reachable again" in line]
+
+
+async def test_keys_rotate_keeps_the_old_key_for_its_grace_then_closes_its_sockets(
+    server: ServerProcess, redis_db: str
+) -> None:
+    """Issue 14 item 6: rotate prints the new secret; the old key mints and holds its /client
+    socket until the grace ends, then both stop, on the running server."""
+    env = {"VOICE_STORE_URL": redis_db}
+    old_secret = cli("keys", "create", "--org", "rot-org", "--label", "backend", env=env).stdout.strip()
+    old_id = next(
+        line.split("\t")[0]
+        for line in cli("keys", "list", env=env).stdout.splitlines()
+        if line.split("\t")[1] == "rot-org"
+    )
+    sdk = await SdkClient.connect(server.url, old_secret)
+    agent = name()
+    await sdk.create_agent(agent)
+    rotated = cli("keys", "rotate", old_id, "--grace", "3", env=env)
+    assert rotated.returncode == 0, rotated.stderr
+    new_secret = rotated.stdout.strip()
+    assert new_secret.startswith("sk_live_") and new_secret != old_secret
+    assert old_id in rotated.stderr and "works until" in rotated.stderr
+    rows = {
+        line.split("\t")[0]: line.split("\t") for line in cli("keys", "list", env=env).stdout.splitlines()
+    }
+    assert rows[old_id][5].startswith("expires@") and rows[old_id][6] == "backend"
+    (new_row,) = [r for r in rows.values() if r[1] == "rot-org" and r[0] != old_id]
+    assert new_row[5] == "active" and new_row[6] == "backend"
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for secret in (old_secret, new_secret):  # both work during the grace
+            auth = {"Authorization": f"Bearer {secret}"}
+            assert (
+                await http.get("/chat/token", params={"agent_id": agent}, headers=auth)
+            ).status_code == 200
+        # After the grace the old key's socket is closed by the server and its mints fail.
+        frame = await sdk.wait_for("never", timeout=10)
+        assert frame["event"] == "error" and frame["code"] == "INVALID_API_KEY"
+        refused = await http.get(
+            "/chat/token", params={"agent_id": agent}, headers={"Authorization": f"Bearer {old_secret}"}
+        )
+        assert refused.status_code == 401
+    await sdk.close()
+    assert cli("keys", "rotate", "key_missing", env=env).returncode == 1
+
+
+def test_keys_list_says_when_there_are_none(redis_server: RedisProcess) -> None:
+    empty = redis_server.url.replace("/0", "/5")
+    result = cli("keys", "list", env={"VOICE_STORE_URL": empty})
+    assert result.returncode == 0 and result.stdout == ""
+    assert "no keys" in result.stderr
+
+
+def test_whatsapp_send_with_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    result = cli(
+        "whatsapp", "send", "--url", "http://127.0.0.1:9", "--file", str(tmp_path / "nope.json"), env={}
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"voice-server: cannot read --file {tmp_path / 'nope.json'}: No such file or directory"
+    ]

@@ -129,11 +129,23 @@ async def test_keys_by_digest_list_touch_revoke(store: Store) -> None:
     touched = await store.key_by_digest("d1")
     assert touched is not None and touched.last_used_at == 20.0
     revoked = await store.revoke_key("key_1", 30.0)
-    assert revoked is not None and revoked.revoked_at == 30.0 and not revoked.active
+    assert revoked is not None and revoked.revoked_at == 30.0 and not revoked.active_at(30.0)
     again = await store.revoke_key("key_1", 40.0)
     assert again is not None and again.revoked_at == 30.0
     assert await store.revoke_key("key_missing", 1.0) is None
     assert [k.key_id for k in await store.list_keys()] == ["key_1"]
+
+
+async def test_a_revoke_only_ever_moves_the_end_earlier(store: Store) -> None:
+    """A rotation revokes for a later time (its grace); a revoke during the grace ends it now."""
+    await store.put_key(ApiKey("key_r", "acme", KeyKind.SECRET, 1.0), "dr")
+    graced = await store.revoke_key("key_r", 100.0)
+    assert graced is not None and graced.revoked_at == 100.0 and graced.active_at(99.0)
+    assert not graced.active_at(100.0)
+    now = await store.revoke_key("key_r", 50.0)
+    assert now is not None and now.revoked_at == 50.0
+    later = await store.revoke_key("key_r", 70.0)
+    assert later is not None and later.revoked_at == 50.0
 
 
 async def test_a_revoke_is_never_undone_by_a_racing_last_used_write(store: Store) -> None:
@@ -145,7 +157,7 @@ async def test_a_revoke_is_never_undone_by_a_racing_last_used_write(store: Store
         touches = [store.touch_key(key_id, 20.0 + i) for i in range(10)]
         await asyncio.gather(*touches[:5], store.revoke_key(key_id, 30.0), *touches[5:])
         after = await store.key_by_digest(f"race{round_}")
-        assert after is not None and after.revoked_at == 30.0 and not after.active, round_
+        assert after is not None and after.revoked_at == 30.0 and not after.active_at(30.0), round_
         assert (after.org_id, after.label, after.kind, after.created_at) == (
             "acme",
             "racy",
