@@ -14,12 +14,15 @@ the loser then being refused after its token was spent (issue 16).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
 from server.core.tokens import Channel, Claims
+from server.errors import AgentNotOnline
 from server.services.node import Node
 from server.services.sessions import Reservation
+from server.store.base import AgentRecord, agent_key
 
 
 class Admission(NamedTuple):
@@ -31,7 +34,19 @@ class Admission(NamedTuple):
 async def admit(node: Node, token: str, channel: Channel) -> AsyncIterator[Admission]:
     """Check, reserve, consume (module docstring); the slot is held until the block ends."""
     claims = node.authority.verify(token, channel)
-    with node.sessions.reserve(claims.org_id) as reservation:
+    with (
+        node.sessions.reserve(claims.org_id) as reservation,
+        node.sessions.admitting(claims.org_id, claims.agent_id),
+    ):
         # Online on any node: frames reach an agent on another node through the relay (CONTRACT §8).
-        await node.registry.find(claims.org_id, claims.agent_id)
+        # One moving off a draining node is waited for (services/handoff.py).
+        key = agent_key(claims.org_id, claims.agent_id)
+
+        async def lookup() -> AgentRecord:
+            record = await node.registry.find(claims.org_id, claims.agent_id)
+            if node.left_here(record):
+                raise AgentNotOnline(claims.agent_id)  # let go by this draining node: moving
+            return record
+
+        await node.handoff.find(key, lookup, functools.partial(node.registry.forget_cached, key))
         yield Admission(await node.authority.consume(token, channel), reservation)

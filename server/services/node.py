@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,6 +19,7 @@ from server.services.authority import Authority
 from server.services.calls import CallRouter
 from server.services.events import CHANNEL as EVENTS_CHANNEL
 from server.services.events import EventLog
+from server.services.handoff import Handoff
 from server.services.keys import KeyService
 from server.services.mock_agent import MockAgent
 from server.services.presence import NodePresence
@@ -26,9 +28,10 @@ from server.services.sessions import SessionLimits, SessionManager
 from server.services.whatsapp import WhatsAppService
 from server.settings import Settings
 from server.store import Store, open_store
-from server.store.base import AgentRecord
+from server.store.base import AgentRecord, agent_key
 
 log = logging.getLogger("voice.node")
+STRAGGLER_SECONDS = 2.0  # a draining node still admits sessions minted just before its notice
 
 
 @dataclass
@@ -47,9 +50,11 @@ class Node:
     connections: set[Any] = field(default_factory=set)  # live /client sockets
     on_agent_offline: list[Callable[[AgentRecord], Awaitable[None]]] = field(default_factory=list)
     background: set[asyncio.Task[None]] = field(default_factory=set)  # timers (a rotated key's end)
+    leaving: set[tuple[str, str]] = field(default_factory=set)  # (org, agent) a drain let go
     # Run at shutdown after every session has ended (e.g. close WebRTC peers still mid-offer).
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     events: EventLog | None = None  # what WS /ws/stream reads (set by open)
+    handoff: Handoff = field(init=False)  # where mints send browsers while a node drains
     presence: NodePresence | None = None  # one live process per VOICE_NODE_ID
     mock_agent: MockAgent | None = None  # VOICE_MOCK_AGENT (dev mode: agent "demo")
     whatsapp: WhatsAppService = field(init=False)  # webhooks and conversations (CONTRACT §7)
@@ -110,6 +115,10 @@ class Node:
         events.start()
         relay.on_invalidate.append(node.key_revoked)
         relay.on_invalidate.append(node.key_expiring)
+        node.handoff = Handoff(settings.node_id, settings.public_url)
+        relay.on_invalidate.append(node.handoff.on_notice)
+        with contextlib.suppress(VoiceError):  # a restart under the same id: no longer draining
+            await relay.invalidate("ready", settings.node_id)
         node.on_agent_offline.append(sessions.agent_offline)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
         await node.whatsapp.start()
@@ -138,21 +147,33 @@ class Node:
             return None
 
     async def drain(self, grace: float, poll: float = 0.2) -> None:
-        """Leave the deployment gently (SIGTERM): refuse new sessions and SDK connections
-        (``/readyz`` turns 503), hand idle agents to other nodes at once, let live sessions run
-        up to ``grace`` seconds, end the rest with ``call.ended``, then close every SDK socket.
+        """Leave the deployment gently (SIGTERM): refuse new SDK connections (``/readyz`` turns
+        503), tell every node to send browsers elsewhere (services/handoff.py), hand idle agents
+        to other nodes at once, let live sessions run up to ``grace`` seconds, end the rest with
+        ``call.ended``, then close every SDK socket.
 
         An SDK socket is closed (1012, "server draining": the SDK reconnects, through the load
         balancer, to another node) as soon as none of its agents has a live session here, so new
-        mints place those agents elsewhere while busy agents finish their calls.
+        mints place those agents elsewhere while busy agents finish their calls. For the first
+        :data:`STRAGGLER_SECONDS` new sessions are still admitted: their tokens were minted
+        before the other nodes heard of the drain, and the browser is already on its way here.
         """
         self.draining = True
-        self.sessions.accepting = False
+        self.sessions.index_every_call = True
+        self.handoff.on_notice("draining", self.settings.node_id)
+        with contextlib.suppress(VoiceError):  # other nodes stop sending browsers here
+            await self.relay.invalidate("draining", self.settings.node_id)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        started = loop.time()
+        deadline = started + grace
         while True:
+            if loop.time() - started >= min(STRAGGLER_SECONDS, grace):
+                self.sessions.accepting = False
             await self._release_idle_connections()
-            if not self.connections or loop.time() >= deadline:
+            # Done when no SDK socket is left, the straggler window is over and no session is
+            # half admitted (one waiting for its agent to register elsewhere finishes first).
+            settled = not self.sessions.accepting and not self.sessions.admitting_any()
+            if (not self.connections and settled) or loop.time() >= deadline:
                 break
             await asyncio.sleep(poll)
         await self.sessions.shutdown(grace=0)  # what is left gets call.ended(server_shutdown)
@@ -160,16 +181,31 @@ class Node:
             await connection.close(1012, "server draining")
 
     async def _release_idle_connections(self) -> None:
-        busy = {(s.org_id, s.agent_id) for s in self.sessions.live()}
         for connection in list(self.connections):
             held = [
                 r
                 for r in self.registry.local_agents()
                 if self.registry.local_connection(r.org_id, r.agent_id) is connection
             ]
-            if not any((r.org_id, r.agent_id) in busy for r in held):
-                await connection.close(1012, "server draining")
-                self.connections.discard(connection)
+            # Decided and marked with no await in between: a session admitted from here on
+            # waits for the agent to register elsewhere (``left_here``); one admitted before is
+            # in ``busy_agents`` and keeps the socket here until it ends.
+            busy = self.sessions.busy_agents()
+            if any((r.org_id, r.agent_id) in busy for r in held):
+                continue
+            for record in held:  # mints wait for these to register on a live node
+                self.leaving.add((record.org_id, record.agent_id))
+                key = agent_key(record.org_id, record.agent_id)
+                self.handoff.on_notice("moving", key)
+                with contextlib.suppress(VoiceError):
+                    await self.relay.invalidate("moving", key)
+            await connection.close(1012, "server draining")
+            self.connections.discard(connection)
+
+    def left_here(self, record: AgentRecord) -> bool:
+        """A record of an agent this draining node let go (or is letting go): stale; the agent
+        is moving to another node."""
+        return record.node_id == self.settings.node_id and (record.org_id, record.agent_id) in self.leaving
 
     def live_metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         """Live state for /metrics, read at scrape time."""

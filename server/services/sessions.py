@@ -21,7 +21,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,6 +213,10 @@ class SessionManager:
         self._watchdogs: dict[str, asyncio.Task[None]] = {}
         self._reserved: Counter[str] = Counter()  # org -> slots held by reservations
         self.accepting = True
+        # While the node drains its agents move to other nodes, possibly while a session is
+        # being admitted here: then every call is indexed, so the agent's commands still find it.
+        self.index_every_call = False
+        self._admitting: Counter[tuple[str, str]] = Counter()  # (org, agent) -> admissions under way
 
     def __len__(self) -> int:
         return len(self._live)
@@ -241,6 +245,26 @@ class SessionManager:
                 f"Your organisation is at its session limit ({self.limits.max_sessions_per_org})"
             )
 
+    @contextlib.contextmanager
+    def admitting(self, org_id: str, agent_id: str) -> Iterator[None]:
+        """Mark a session of the agent as being admitted (a draining node must not let the
+        agent go in the middle: :meth:`busy_agents`)."""
+        key = (org_id, agent_id)
+        self._admitting[key] += 1
+        try:
+            yield
+        finally:
+            self._admitting[key] -= 1
+            if self._admitting[key] <= 0:
+                del self._admitting[key]
+
+    def admitting_any(self) -> bool:
+        return bool(self._admitting)
+
+    def busy_agents(self) -> set[tuple[str, str]]:
+        """(org, agent) of every live session here, and of every session being admitted."""
+        return {(s.org_id, s.agent_id) for s in self._live.values()} | set(self._admitting)
+
     def reserve(self, org_id: str) -> Reservation:
         """Hold a slot for ``org_id`` (CapacityExceeded if there is none) until ``start`` uses it."""
         self.check_capacity(org_id)
@@ -264,7 +288,8 @@ class SessionManager:
             raise CapacityExceeded("This server is shutting down; reconnect to start a new session")
         with reservation:  # the slot stays held across the await below, then becomes the session's
             relay = self.registry.relay
-            if relay is not None and self.registry.local_connection(session.org_id, session.agent_id) is None:
+            local = self.registry.local_connection(session.org_id, session.agent_id) is not None
+            if relay is not None and (not local or self.index_every_call):
                 # The agent's socket is on another node: the call index tells that node where to
                 # relay its commands (CONTRACT §8). Claimed before anything is registered, so a
                 # store failure leaves nothing behind. A local agent's commands arrive here, so a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -55,7 +56,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
             gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
             yield
         finally:
-            await node.aclose()
+            await _close(node)
 
     routes: list[BaseRoute] = [
         *tokens.routes(),  # also served from VoiceApp's fast lane
@@ -85,6 +86,31 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         },
         lifespan=lifespan,
     )
+
+
+CLOSE_SECONDS = 10.0
+
+
+async def _close(node: Node) -> None:
+    """Close the node, bounded: a shutdown that cannot finish says what it waits on and lets the
+    process exit rather than hang past its supervisor's kill timeout."""
+    try:
+        await asyncio.wait_for(node.aclose(), CLOSE_SECONDS)
+    except TimeoutError:
+        stuck = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        log.error(
+            "node shutdown did not finish in %.0fs; still running: %s",
+            CLOSE_SECONDS,
+            "; ".join(f"{t.get_name()} at {_where(t)}" for t in stuck),
+        )
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    frames = task.get_stack(limit=1)
+    if not frames:
+        return "?"
+    code = frames[-1].f_code
+    return f"{code.co_filename.rsplit('/', 2)[-1]}:{frames[-1].f_lineno} {code.co_name}"
 
 
 class VoiceApp(Starlette):

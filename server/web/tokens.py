@@ -47,7 +47,7 @@ from server.errors import (
 )
 from server.services.agents import patterns_of
 from server.services.node import Node
-from server.store.base import AgentRecord, Hit
+from server.store.base import AgentRecord, Hit, agent_key
 
 log = logging.getLogger("voice.http")
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -145,8 +145,29 @@ def _public_bucket(records: Sequence[AgentRecord], origin: Origin, ip: str) -> s
 
 
 async def _records(node: Node, agents: list[tuple[str, str]], org_id: str) -> list[AgentRecord]:
-    """The requested agents of ``org_id`` (the secret-key path)."""
-    return [await node.registry.find(org_id, slug, shown_as=shown) for slug, shown in agents]
+    """The requested agents of ``org_id`` (the secret-key path); one moving off a draining node
+    is waited for (services/handoff.py)."""
+    records = []
+    for slug, shown in agents:
+        key = agent_key(org_id, slug)
+        records.append(
+            await node.handoff.find(
+                key,
+                functools.partial(node.registry.find, org_id, slug, shown_as=shown),
+                functools.partial(node.registry.forget_cached, key),
+            )
+        )
+    return records
+
+
+async def _server(node: Node, record: AgentRecord) -> str:
+    """The node the session should land on: the agent's, unless that node is draining."""
+    key = agent_key(record.org_id, record.agent_id)
+    return await node.handoff.server_for(
+        record,
+        functools.partial(node.registry.find, record.org_id, record.agent_id),
+        functools.partial(node.registry.forget_cached, key),
+    )
 
 
 async def _public_records(
@@ -165,7 +186,11 @@ async def _public_records(
                     raise AgentNotPublic(shown)
             else:
                 try:
-                    record = await node.registry.find_public(slug, shown_as=shown)
+                    record = await node.handoff.find(
+                        slug,
+                        functools.partial(node.registry.find_public, slug, shown_as=shown),
+                        functools.partial(node.registry.forget_cached, "/" + slug),
+                    )
                 except AgentNotOnline:
                     # Only after the published lookup failed: the hot path never pays for this.
                     if await node.registry.online_anywhere(slug):
@@ -283,6 +308,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
             metadata = {}
             org_id = records[0].org_id
 
+        server = await _server(node, records[0])
         minted = await node.authority.mint(
             org_id=org_id,
             agents=[r.agent_id for r in records],
@@ -298,7 +324,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
             node.metrics.rate_limited.labels("key" if path == "key" else "public").inc()
         return _error(exc, _cors(cors_origin))
     node.metrics.count_mint(channel.value, path)
-    return _minted(minted.token, records[0].node_url, minted.expires_in, cors_origin)
+    return _minted(minted.token, server, minted.expires_in, cors_origin)
 
 
 async def preflight(node: Node, request: MintRequest, channel: Channel) -> Answer:
