@@ -215,8 +215,10 @@ class _Session:
     async def channel_remove(self, frame: Frame) -> None:
         slug, raw = self._agent(frame)
         kind, ref = frame.get("type"), frame.get("ref")
+        if kind is None:  # the SDK's removeChannel(ref) sends the ref alone
+            kind = self.node.registry.channel_by_ref(self.connection, slug, ref).get("type")
         if not isinstance(kind, str):
-            raise RegistrationError("channel.remove needs a type")
+            raise RegistrationError("channel.remove needs a type or a ref")
         # The SDK sends ref = type for channels without a number (webrtc, chat).
         ref_text = ref if isinstance(ref, str) and ref and ref != kind else None
         await self.node.registry.remove_channel(self.connection, slug, kind, ref_text)
@@ -224,13 +226,18 @@ class _Session:
 
     async def channel_configure(self, frame: Frame) -> None:
         slug, raw = self._agent(frame)
+        if frame.get("type") is None:
+            # The SDK's configureChannel(ref, config) sends the ref and the new settings alone:
+            # they are merged into the channel that ref names.
+            existing = self.node.registry.channel_by_ref(self.connection, slug, frame.get("ref"))
+            frame = {**existing, **frame, "type": existing.get("type"), "ref": existing.get("ref")}
         await self.node.registry.add_channel(self.connection, slug, frame)
         await self.connection.send(
             {
                 "event": "channel.configured",
                 "agent_id": raw,
                 "type": frame.get("type"),
-                "ref": frame.get("ref"),
+                "ref": frame.get("ref") or frame.get("type"),
             }
         )
 

@@ -359,6 +359,9 @@ class AgentRegistry:
     ) -> AgentRecord:
         record = self._owned(connection, agent_id)
         kind, ref = frame.get("type"), frame.get("ref")
+        if ref is not None and ref == kind:  # "webrtc" named by its type: the one unnumbered channel
+            ref = None
+            frame = {k: v for k, v in frame.items() if k != "ref"}
         if kind not in CHANNEL_TYPES:
             raise RegistrationError(f"unknown channel type {kind!r}")
         if ref is not None and (not isinstance(ref, str) or not 0 < len(ref) <= 128):
@@ -380,6 +383,25 @@ class AgentRegistry:
         return await self._update(
             connection, replace(record, channels={**record.channels, channel_id: stored})
         )
+
+    def channel_by_ref(self, connection: AgentConnection, agent_id: str, ref: object) -> Mapping[str, Any]:
+        """The channel ``ref`` names on the agent, as added (the SDK's ``configureChannel(ref)``
+        and ``removeChannel(ref)`` send the ref alone; for a channel without a number, webrtc
+        or chat, the ref is its type)."""
+        record = self._owned(connection, agent_id)
+        if not isinstance(ref, str) or not ref:
+            raise RegistrationError("a channel command needs a type or a ref")
+        found = [
+            stored
+            for stored in record.channels.values()
+            if stored.get("ref") == ref or (stored.get("type") == ref and not stored.get("ref"))
+        ]
+        if not found:
+            raise RegistrationError(f"no channel {ref!r} on agent '{agent_id}'")
+        if len(found) > 1:
+            types = ", ".join(sorted(str(c.get("type")) for c in found))
+            raise RegistrationError(f"ref {ref!r} names several channels ({types}); send its type too")
+        return found[0]
 
     async def remove_channel(
         self, connection: AgentConnection, agent_id: str, kind: str, ref: str | None

@@ -15,6 +15,7 @@ import pytest
 import websockets
 
 from server.core.tokens import Channel, TokenCodec
+from server.core.whatsapp import sign
 from tests.support.procs import RedisProcess, ServerProcess, start_server
 from tests.support.sdk import SdkClient
 
@@ -467,3 +468,65 @@ def _now() -> float:
     import time
 
     return time.time()
+
+
+async def test_channels_are_configured_and_removed_by_ref_alone_as_the_sdk_sends_them(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    """Issue 17 item 1: agent.configureChannel(ref, cfg) and agent.removeChannel(ref) send the
+    ref alone (pinecall/sdk src/domain/agent.ts); both were refused with REGISTRATION_ERROR,
+    which makes the SDK mark the agent's registration failed."""
+    name = agent_name()
+    sdk = await online(server, name)
+    number = "10" + uuid.uuid4().hex[:8]
+    wa = {"type": "whatsapp", "ref": number, "accessToken": "t", "verifyToken": "v", "appSecret": "s3cret"}
+    await sdk.send({"event": "channel.add", "agent_id": name, **wa})
+    assert (await sdk.recv())["event"] == "channel.added"
+    await sdk.send({"event": "channel.add", "agent_id": name, "type": "webrtc"})  # no ref, as the SDK
+    assert (await sdk.recv())["event"] == "channel.added"
+
+    await sdk.send({"event": "channel.configure", "agent_id": name, "ref": "webrtc", "voice": "mock"})
+    assert await sdk.recv() == {
+        "event": "channel.configured",
+        "agent_id": name,
+        "type": "webrtc",
+        "ref": "webrtc",
+    }
+    await sdk.send({"event": "channel.configure", "agent_id": name, "ref": number, "language": "es"})
+    assert await sdk.recv() == {
+        "event": "channel.configured",
+        "agent_id": name,
+        "type": "whatsapp",
+        "ref": number,
+    }
+    # The merge kept the channel's credentials: a webhook signed with its app secret still verifies.
+    body = json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"changes": [{"value": {"metadata": {"phone_number_id": number}}}]}],
+        }
+    ).encode()
+    signed = await http.post(
+        "/whatsapp/webhook", content=body, headers={"X-Hub-Signature-256": sign(body, "s3cret")}
+    )
+    assert signed.status_code == 200, signed.text
+
+    await sdk.send({"event": "channel.configure", "agent_id": name, "ref": "nope", "voice": "x"})
+    assert (await sdk.recv())["code"] == "REGISTRATION_ERROR"
+    await sdk.send({"event": "channel.remove", "agent_id": name, "ref": "webrtc"})
+    assert await sdk.recv() == {
+        "event": "channel.removed",
+        "agent_id": name,
+        "type": "webrtc",
+        "ref": "webrtc",
+    }
+    await sdk.send({"event": "channel.remove", "agent_id": name, "ref": number})
+    assert await sdk.recv() == {
+        "event": "channel.removed",
+        "agent_id": name,
+        "type": "whatsapp",
+        "ref": number,
+    }
+    await sdk.send({"event": "channel.remove", "agent_id": name, "ref": number})  # gone already
+    assert (await sdk.recv())["code"] == "REGISTRATION_ERROR"
+    await sdk.close()
