@@ -1,6 +1,7 @@
 """``voice-server``: run the server and manage API keys.
 
-voice-server serve [--dev] [--host H] [--port P] [--allow-public-bind]
+voice-server serve [--dev] [--host H] [--port P] [--allow-public-bind] [--ready-file PATH]
+voice-server wait URL [--timeout SECONDS]
 voice-server keys create --org ORG [--publishable] [--label L] [--json] [--env-file PATH]
 voice-server keys list [--json] [--env-file PATH]
 voice-server keys revoke KEY_ID [--env-file PATH]
@@ -13,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import importlib.metadata
 import json
 import logging
+import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
@@ -64,7 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-public-bind", action="store_true", default=None, help="dev mode on a non-loopback address"
     )
+    serve.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="once serving, write {url, api_key, node_id} as JSON there (mode 0600)",
+    )
     serve.set_defaults(run=_serve)
+
+    wait = commands.add_parser(
+        "wait", help="wait until a server's /readyz answers 200 (exit 0), or time out (1)"
+    )
+    wait.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8080")
+    wait.add_argument("--timeout", type=float, default=30.0, help="seconds (30)")
+    wait.set_defaults(run=_wait)
 
     keys = commands.add_parser("keys", help="manage API keys in the configured store").add_subparsers(
         required=True, metavar="ACTION"
@@ -114,7 +131,25 @@ def _serve(args: argparse.Namespace) -> int:
             overrides[name] = value
     settings = Settings.from_env(**overrides)
     logsetup.setup(settings.log_level, settings.log_format)
-    app = create_app(settings, on_ready=_dev_banner if settings.dev else _summary)
+    if settings.dev and not settings.store_url.startswith("memory://"):
+        problem = asyncio.run(_store_problem(settings.store_url))
+        if problem is not None:
+            print(f"voice-server: {problem}", file=sys.stderr)
+            return 1
+    # Bind before anything is printed or opened: a port in use is one line and exit 1, not a
+    # banner with a fresh key and curls that then reach the other server. Port 0 takes a free
+    # port, which the banner, the start-up line and --ready-file then report.
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"voice-server: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    if settings.port == 0:
+        settings = settings.bound_to(sock.getsockname()[1])
+    app = create_app(settings, on_ready=functools.partial(_started, ready_file=args.ready_file))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -133,23 +168,33 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # X-Forwarded-For is read only from VOICE_TRUSTED_PROXIES
         server_header=False,
     )
-    # Bind before anything is printed or opened: a port in use is one line and exit 1, not a
-    # banner with a fresh key and curls that then reach the other server.
-    if settings.dev and not settings.store_url.startswith("memory://"):
-        problem = asyncio.run(_store_problem(settings.store_url))
-        if problem is not None:
-            print(f"voice-server: {problem}", file=sys.stderr)
-            return 1
-    try:
-        sock = _bind(settings.host, settings.port)
-    except OSError as exc:
-        print(
-            f"voice-server: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
     _DrainingServer(config, settings.drain_seconds).run(sock)
     return 0
+
+
+async def _started(node: Node, ready_file: str | None) -> None:
+    """Once the node is up: the dev banner or the production line, then the ready file."""
+    key = await _dev_banner(node) if node.settings.dev else await _summary(node)
+    if ready_file:
+        _write_ready_file(
+            ready_file, {"url": node.settings.public_url, "api_key": key, "node_id": node.settings.node_id}
+        )
+
+
+def _write_ready_file(path: str, content: dict[str, Any]) -> None:
+    """Written whole (a temporary file renamed over it) and readable by its owner only: it holds a
+    secret key. A CI script waits for it to appear."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".voice-ready-")
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(content, file)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -159,6 +204,7 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(2048)  # connections from now on wait in the backlog until uvicorn serves them
     except OSError:
         sock.close()
         raise
@@ -224,8 +270,9 @@ def version() -> str:
         return "unknown"
 
 
-async def _summary(node: Node) -> None:
-    """Production start-up: one line that says what this node is, then any warning about it."""
+async def _summary(node: Node) -> str | None:
+    """Production start-up: one line that says what this node is, then any warning about it.
+    Returns the first VOICE_API_KEYS key, for --ready-file (None when there is none)."""
     settings = node.settings
     startup = logging.getLogger("voice.node")
     event(
@@ -244,9 +291,11 @@ async def _summary(node: Node) -> None:
             settings.host,
             settings.public_url,
         )
+    return settings.bootstrap_keys[0][1] if settings.bootstrap_keys else None
 
 
-async def _dev_banner(node: Node) -> None:
+async def _dev_banner(node: Node) -> str:
+    """The dev banner; returns the key it printed."""
     settings = node.settings
     lines = [f"voice-server (dev mode) on {settings.public_url}  store={settings.store_url}"]
     if settings.bootstrap_keys:
@@ -285,6 +334,36 @@ async def _dev_banner(node: Node) -> None:
             "which other machines cannot reach; set VOICE_PUBLIC_URL"
         )
     print("\n".join(lines), flush=True)
+    return key
+
+
+# -- wait -------------------------------------------------------------------------------------
+def _wait(args: argparse.Namespace) -> int:
+    """Poll ``URL/readyz`` until it answers 200. urllib, not httpx: a CI step runs this first."""
+    import urllib.error
+    import urllib.request
+
+    url = args.url.rstrip("/") + "/readyz"
+    if not url.startswith(("http://", "https://")):
+        print("voice-server: the URL must start with http:// or https://", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + args.timeout
+    last = "no answer yet"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - http(s) checked above
+                if response.status == 200:
+                    print(f"ready: {args.url}")
+                    return 0
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(getattr(exc, "reason", exc))
+        if time.monotonic() >= deadline:
+            print(f"voice-server: {url} not ready after {args.timeout:g}s ({last})", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
 
 
 # -- keys -------------------------------------------------------------------------------------

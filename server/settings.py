@@ -220,6 +220,13 @@ class Settings:
             settings = replace(settings, mock_agent_org=org)
         return settings
 
+    def bound_to(self, port: int) -> Settings:
+        """These settings once ``port`` 0 was bound to ``port``: the derived public URL follows."""
+        settings = replace(self, port=port)
+        if self.public_url_derived:
+            settings = replace(settings, public_url="", public_url_derived=False).resolved(serving=False)
+        return settings
+
     @property
     def unreachable_public_url(self) -> bool:
         """Bound to a non-loopback address while the mints' ``server`` is a made-up loopback URL:
@@ -312,8 +319,8 @@ def _number(kind: Callable[[str], T], raw: str) -> T:
 
 
 def _port(raw: str) -> int:
-    port = _number(int, raw)
-    if not 0 < port < 65536:
+    port = _number(int, raw)  # 0: any free port, reported once bound
+    if not 0 <= port < 65536:
         raise ValueError(f"port out of range: {port}")
     return port
 
