@@ -15,6 +15,16 @@ Frame = dict[str, Any]
 
 
 def parse_frame(text: str | bytes | None, max_bytes: int, key: str = "event") -> Frame:
+    """A JSON object with a non-empty string ``key``."""
+    value = parse_object(text, max_bytes)
+    name = value.get(key)
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"frame has no '{key}' field")
+    return value
+
+
+def parse_object(text: str | bytes | None, max_bytes: int) -> Frame:
+    """A JSON object within ``max_bytes``; BadRequest / PayloadTooLarge otherwise."""
     if text is None:
         raise BadRequest("binary frames are not supported; send JSON text")
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogateescape"))
@@ -26,9 +36,6 @@ def parse_frame(text: str | bytes | None, max_bytes: int, key: str = "event") ->
         raise BadRequest("frame is not valid JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("frame must be a JSON object")
-    name = value.get(key)
-    if not isinstance(name, str) or not name:
-        raise BadRequest(f"frame has no '{key}' field")
     return value
 
 

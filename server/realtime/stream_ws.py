@@ -35,10 +35,9 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from server.core import strictjson
 from server.core.slugs import agent_slug
 from server.core.tokens import Channel, Claims
-from server.core.wire import error_frame, text_field
+from server.core.wire import error_frame, parse_object, text_field
 from server.errors import (
     BadRequest,
     CallNotFound,
@@ -184,7 +183,7 @@ class _Stream:
             if message["type"] == "websocket.disconnect":
                 return
             try:
-                await self._on_frame(_parse(message.get("text"), limit))
+                await self._on_frame(parse_object(message.get("text"), limit))
             except VoiceError as exc:
                 await self.send(error_frame(exc.detail, exc.code))
 
@@ -225,17 +224,3 @@ class _Stream:
         if not delivered:
             raise CallNotFound(f"call {call_id!r} is not live")
         await self.send({"event": "ack", "action": action, "call_id": call_id})
-
-
-def _parse(text: str | None, limit: int) -> dict[str, Any]:
-    if text is None:
-        raise BadRequest("binary frames are not supported; send JSON text")
-    if len(text.encode("utf-8", "surrogateescape")) > limit:
-        raise BadRequest(f"frame is larger than {limit} bytes")
-    try:
-        value = strictjson.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("frame is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise BadRequest("frame must be a JSON object")
-    return value
