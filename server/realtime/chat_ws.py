@@ -272,6 +272,11 @@ class ChatSession(Session):
     async def _finish(self, message_id: str, text: str, frame: Mapping[str, Any]) -> None:
         self._disarm_turn()
         await self.emit({"event": "chat.done", "message_id": message_id, "text": text})
+        # The reply reached the browser: the SDK's call.say() resolves on bot.finished and
+        # message.confirmed puts the assistant line into call.messages (pinecall/sdk bot.ts).
+        await self.send_to_agent({"event": "bot.finished", "message_id": message_id, "text": text})
+        if text:
+            await self.send_to_agent({"event": "message.confirmed", "message_id": message_id, "text": text})
         if text and frame.get("add_to_history", True) is not False:
             await self.memory.history.append([Message("assistant", text)])
 

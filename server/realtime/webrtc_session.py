@@ -331,7 +331,7 @@ class WebRtcSession(Session):
         words = reply.text.split()
         seconds = speech_seconds(reply.text)
         gap = seconds / max(1, len(words))
-        self._speaking, interrupted = reply.message_id, False
+        self._speaking, interrupted, spoken = reply.message_id, False, 0
         self._interrupt.clear()
         self.touch()
         self._remember("assistant", reply.text)
@@ -344,6 +344,7 @@ class WebRtcSession(Session):
             self.to_browser(
                 {"event": "bot.word", "message_id": reply.message_id, "word": word, "word_index": index}
             )
+            spoken = index + 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._interrupt.wait(), gap)
                 interrupted = True
@@ -357,6 +358,13 @@ class WebRtcSession(Session):
             done = {"event": "bot.finished", "message_id": reply.message_id, "duration_ms": duration_ms}
         self.to_browser({**done, "text": reply.text})
         await self.send_to_agent(done)
+        # What the user heard, for the SDK's call.messages / transcript (pinecall/sdk bot.ts):
+        # all of it, or the words spoken before an interruption.
+        heard = reply.text if not interrupted else " ".join(words[:spoken])
+        if heard:
+            await self.send_to_agent(
+                {"event": "message.confirmed", "message_id": reply.message_id, "text": heard}
+            )
 
     # -- ending -------------------------------------------------------------------------------
     async def on_timeout_warning(self, seconds_left: float) -> None:

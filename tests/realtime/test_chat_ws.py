@@ -179,6 +179,12 @@ async def test_a_message_reaches_the_agent_and_the_reply_streams_cumulatively(
     assert len(texts) >= 2, "a reply streams in several chunks"
     assert all(later.startswith(earlier) and later != earlier for earlier, later in itertools.pairwise(texts))
     assert texts[-1] == reply and frame["text"] == reply
+    # Issue 18 items 6 and 11: the SDK's call.say() resolves on bot.finished, and message.confirmed
+    # puts the assistant line into call.messages.
+    finished = await sdk.wait_for("bot.finished")
+    assert (finished["call_id"], finished["message_id"], finished["text"]) == (call_id, "msg_r1", reply)
+    confirmed = await sdk.wait_for("message.confirmed")
+    assert (confirmed["call_id"], confirmed["message_id"], confirmed["text"]) == (call_id, "msg_r1", reply)
     await ws.close()
 
 

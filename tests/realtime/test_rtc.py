@@ -156,6 +156,13 @@ async def test_inject_text_reaches_agent_and_bot_reply_is_spoken(
         assert finished["duration_ms"] > 0
         assert (await sdk.wait_for("bot.speaking"))["message_id"] == "m-1"
         assert (await sdk.wait_for("bot.finished"))["message_id"] == "m-1"
+        # Issue 18 item 6: what was heard, for the SDK's call.messages (pinecall/sdk bot.ts).
+        confirmed = await sdk.wait_for("message.confirmed")
+        assert (confirmed["call_id"], confirmed["message_id"], confirmed["text"]) == (
+            call_id,
+            "m-1",
+            "one two three",
+        )
         assert peer.audio_frames > 0
 
 
@@ -361,3 +368,21 @@ async def test_a_flooding_browser_is_held_to_its_inbound_budget(
         budget = 32 * 1024 * (8 + elapsed + 1)
         assert delivered <= budget, (delivered, budget)
         assert delivered < frames * len(text) / 4
+
+
+async def test_an_interrupted_reply_confirms_only_the_words_spoken(
+    http: httpx.AsyncClient, agent: tuple[SdkClient, str]
+) -> None:
+    """Issue 18 item 6: message.confirmed carries what the user heard, not the whole reply."""
+    sdk, name = agent
+    async with session(http, sdk, name) as (peer, started):
+        call_id = started["call_id"]
+        text = " ".join(f"w{i}" for i in range(40))  # ~16 s at 150 words a minute
+        await sdk.send({"event": "bot.reply", "call_id": call_id, "message_id": "m-long", "text": text})
+        await peer.wait_for("bot.word", message_id="m-long", word_index=2)
+        await sdk.send({"event": "bot.cancel", "call_id": call_id, "message_id": "m-long"})
+        assert (await sdk.wait_for("bot.interrupted"))["message_id"] == "m-long"
+        confirmed = await sdk.wait_for("message.confirmed")
+        heard = confirmed["text"].split()
+        assert confirmed["message_id"] == "m-long" and 3 <= len(heard) < 40
+        assert heard == text.split()[: len(heard)]
