@@ -57,7 +57,7 @@ from server.services.history import (
     valid_thread,
 )
 from server.services.node import Node
-from server.services.sessions import Session
+from server.services.sessions import Session, greeting_frame, greeting_of
 from server.settings import Settings
 
 log = logging.getLogger("voice.chat")
@@ -102,6 +102,7 @@ class ChatSession(Session):
         self._pump: asyncio.Task[None] | None = None
         self._turn: asyncio.Task[None] | None = None  # a user message waiting for its reply
         self._streams: dict[str, str] = {}
+        self.greeting: str | None = None  # the agent config's, sent when the conversation is new
 
     # -- what the agent sees ---------------------------------------------------------------
     def started_frame(self) -> dict[str, Any]:
@@ -327,6 +328,7 @@ async def _admit(node: Node, websocket: WebSocket) -> tuple[ChatSession, list[Me
         )
         prior = await history.read() if thread else []
         session = ChatSession(websocket, claims, thread, Memory(history), settings.chat_reply_seconds)
+        session.greeting = greeting_of((await node.registry.find(claims.org_id, claims.agent_id)).config, {})
         await node.sessions.start(session, reservation)
     return session, prior
 
@@ -370,6 +372,8 @@ async def chat_endpoint(websocket: WebSocket) -> None:
                 {"event": "chat.history", "messages": [{"role": m.role, "text": m.text} for m in prior]}
             )
         session.open()
+        if not prior and session.greeting is not None:  # a new conversation opens with it
+            await session.handle_command(greeting_frame(session.greeting))
         await _serve(node, session)
     finally:
         await session.end("client_closed")

@@ -5,7 +5,8 @@ It goes online through the real registry like any agent (an :class:`AgentConnect
 secret key of its org or from one of its ``allowed_origins``, follows the same rules as for
 any agent. It behaves like a minimal SDK app:
 
-* ``call.started`` (WebRTC) / ``llm.chat.started`` (chat) → a ``bot.reply`` with the greeting;
+* its ``greeting`` is in its registration config, as an SDK agent's is, so the server opens
+  every new session with it (services/sessions.py ``greeting_of``);
 * ``user.message`` / ``chat.message`` → a ``bot.reply`` of ``You said: <text>``.
 
 Replies go where an SDK's would: to the session's ``on_agent_command``, through
@@ -31,7 +32,6 @@ log = logging.getLogger("voice.mock_agent")
 QUEUE_SIZE = 1024
 # (org_id, call_id, frame) -> whether a live session took the command
 CommandSink = Callable[[str, str, Mapping[str, Any]], Awaitable[bool]]
-GREET_ON = frozenset({"call.started", "llm.chat.started"})
 ECHO_ON = frozenset({"user.message", "chat.message"})
 
 
@@ -86,8 +86,6 @@ class MockAgent:
     def reply_to(self, frame: Mapping[str, Any]) -> str | None:
         """The text the mock agent answers ``frame`` with, if any."""
         name = frame.get("event")
-        if name in GREET_ON:
-            return self.greeting or None
         if name in ECHO_ON:
             text = frame.get("text")
             return f"You said: {text}" if isinstance(text, str) and text else None

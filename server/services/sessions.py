@@ -79,6 +79,25 @@ class InboundBudget:
         self._level -= cost
 
 
+MAX_GREETING_CHARS = 4000
+
+
+def greeting_of(agent_config: Mapping[str, Any], session_config: Mapping[str, Any]) -> str | None:
+    """The greeting a new session opens with: the browser's session config may set one (CONTRACT
+    §3), else the agent's ``agent.create`` config (the SDK README's first example has one)."""
+    for config in (session_config, agent_config):
+        greeting = config.get("greeting")
+        if isinstance(greeting, str) and greeting.strip():
+            return greeting.strip()[:MAX_GREETING_CHARS]
+    return None
+
+
+def greeting_frame(text: str) -> dict[str, Any]:
+    """The greeting as the agent's own ``bot.reply`` would be (so it is spoken or streamed,
+    confirmed to the agent and kept in the history the same way)."""
+    return {"event": "bot.reply", "message_id": "greet_" + secrets.token_hex(8), "text": text}
+
+
 def new_call_id(prefix: str) -> str:
     return prefix + secrets.token_hex(8)
 

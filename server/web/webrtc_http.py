@@ -31,6 +31,7 @@ from server.realtime.rtc import RtcEngine, RtcPeer, validate_offer
 from server.realtime.webrtc_session import WebRtcSession
 from server.services.admission import admit
 from server.services.node import Node
+from server.services.sessions import greeting_frame, greeting_of
 from server.web.errors import error_response
 
 log = logging.getLogger("voice.webrtc")
@@ -115,10 +116,14 @@ async def _open_session(node: Node, engine: RtcEngine, raw: bytes) -> tuple[WebR
             config,
             node.settings.rtc_connect_seconds,
         )
+        record = await node.registry.find(claims.org_id, claims.agent_id)
         peer = await engine.answer(request.sdp, session)
         try:
             session.attach(peer)
             await node.sessions.start(session, reservation)
+            greeting = greeting_of(record.config, config)
+            if greeting is not None:  # spoken once the browser's channel opens
+                await session.handle_command(greeting_frame(greeting))
         except BaseException:
             if session.manager is not None:
                 await session.end("start_failed")

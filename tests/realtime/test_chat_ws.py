@@ -549,3 +549,19 @@ async def test_a_flooding_browser_is_held_to_its_inbound_budget(
     assert delivered <= budget, (delivered, budget)
     assert limited >= frames - 10
     await ws.close()
+
+
+async def test_an_agents_config_greeting_opens_a_new_chat_and_is_confirmed_to_it(
+    server: ServerProcess,
+) -> None:
+    """Issue 18 item 2: the SDK README's first example registers an agent with a greeting."""
+    name = agent_name()
+    sdk = await online(server, name, greeting="Hello! How can I help?")
+    ws, _ = await open_chat(server, await mint(server, name))
+    while (frame := await recv(ws))["event"] != "chat.done":
+        assert frame["event"] == "chat.token", frame
+    assert frame["text"] == "Hello! How can I help?" and frame["message_id"].startswith("greet_")
+    confirmed = await sdk.wait_for("message.confirmed")
+    assert confirmed["text"] == "Hello! How can I help?"
+    await ws.close()
+    await sdk.close()

@@ -386,3 +386,17 @@ async def test_an_interrupted_reply_confirms_only_the_words_spoken(
         heard = confirmed["text"].split()
         assert confirmed["message_id"] == "m-long" and 3 <= len(heard) < 40
         assert heard == text.split()[: len(heard)]
+
+
+async def test_an_agents_config_greeting_is_spoken_when_the_call_opens(http: httpx.AsyncClient) -> None:
+    """Issue 18 item 2: a greeting in agent.create is spoken once the browser's channel is open."""
+    name = "greeter-" + uuid.uuid4().hex[:6]
+    sdk = await SdkClient.connect(str(http.base_url), KEY)
+    await sdk.create_agent(name, greeting="Welcome to the line")
+    async with session(http, sdk, name) as (peer, started):
+        speaking = await peer.wait_for("bot.speaking")
+        assert speaking["text"] == "Welcome to the line" and speaking["message_id"].startswith("greet_")
+        await peer.wait_for("bot.finished", message_id=speaking["message_id"])
+        confirmed = await sdk.wait_for("message.confirmed")
+        assert (confirmed["call_id"], confirmed["text"]) == (started["call_id"], "Welcome to the line")
+    await sdk.close()

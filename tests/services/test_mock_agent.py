@@ -1,5 +1,6 @@
-"""The built-in mock agent: online through the real registry, greets on call.started /
-llm.chat.started, echoes user.message / chat.message, in-process and over a real dev server."""
+"""The built-in mock agent: online through the real registry with a greeting in its config (the
+server opens each session with it), echoes user.message / chat.message, in-process and over a
+real dev server."""
 
 from __future__ import annotations
 
@@ -61,15 +62,16 @@ async def test_the_mock_agent_is_online_through_the_registry(node: Node) -> None
     assert (await node.registry.find_public("helper")).org_id == "dev"
 
 
-async def test_it_greets_on_call_started_and_echoes_user_messages(node: Node) -> None:
+async def test_its_greeting_is_config_the_server_speaks_and_it_echoes_user_messages(node: Node) -> None:
+    """The greeting is in the mock agent's registration config, as an SDK agent's is: the server
+    opens sessions with it (issue 18 item 2), so the agent itself sends no greeting."""
+    assert (await node.registry.find("dev", "helper")).config["greeting"] == "Welcome!"
     session = Transport("dev", "helper")
     await node.sessions.start(session)
-    greeting = await asyncio.wait_for(session.commands.get(), 5)
-    assert greeting["event"] == "bot.reply" and greeting["call_id"] == session.call_id
-    assert greeting["text"] == "Welcome!" and greeting["message_id"].startswith("msg_")
     await session.send_to_agent({"event": "user.message", "text": "ping", "message_id": "u1"})
-    echo = await asyncio.wait_for(session.commands.get(), 5)
+    echo = await asyncio.wait_for(session.commands.get(), 5)  # the first command is the echo
     assert echo["text"] == "You said: ping" and echo["in_reply_to"] == "u1"
+    assert echo["call_id"] == session.call_id and echo["message_id"].startswith("msg_")
     await session.end("hangup")
 
 
