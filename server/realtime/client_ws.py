@@ -34,6 +34,9 @@ PROTOCOL_VERSION = 1
 _NOT_CONFIG = frozenset({"event", "agent_id", "allowed_origins"})
 
 
+MAX_DEV_CALLERS = 100
+
+
 class ClientConnection:
     """One SDK socket: the org it authenticated as, and a serialised writer."""
 
@@ -42,6 +45,7 @@ class ClientConnection:
         self.org_id = org_id
         self.key_id = key_id  # the API key it authenticated with: a revoke closes the socket
         self.conn_id = "conn_" + secrets.token_hex(6)
+        self.dev_callers: tuple[str, ...] = ()  # agent.routeCallers([...]): kept, no phone to route
         self._lock = asyncio.Lock()
 
     async def send(self, frame: Mapping[str, Any]) -> None:
@@ -162,6 +166,7 @@ class _Session:
             "channel.add": self.channel_add,
             "channel.remove": self.channel_remove,
             "channel.configure": self.channel_configure,
+            "dev.config": self.dev_config,
         }
 
     async def dispatch(self, frame: Frame) -> None:
@@ -176,6 +181,21 @@ class _Session:
 
     async def ping(self, frame: Frame) -> None:
         await self.connection.send({"event": "pong"})
+
+    async def dev_config(self, frame: Frame) -> None:
+        """``agent.routeCallers([...])``: which callers' phone calls reach this dev agent. Sent
+        with no agent id and re-sent on every re-registration, with no answer expected (pinecall/sdk
+        domain/agent.ts). This server places and takes no phone calls, so the list is kept on
+        the connection and changes nothing; it is checked, and accepted quietly instead of the
+        ``unknown event`` error the SDK drew on every reconnect."""
+        callers = frame.get("callers")
+        if (
+            not isinstance(callers, list)
+            or len(callers) > MAX_DEV_CALLERS
+            or not all(isinstance(c, str) and 0 < len(c) <= 32 for c in callers)
+        ):
+            raise BadRequest(f"dev.config needs 'callers': a list of at most {MAX_DEV_CALLERS} phone numbers")
+        self.connection.dev_callers = tuple(callers)
 
     async def ignore(self, frame: Frame) -> None:
         return None

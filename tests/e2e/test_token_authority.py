@@ -530,3 +530,17 @@ async def test_channels_are_configured_and_removed_by_ref_alone_as_the_sdk_sends
     await sdk.send({"event": "channel.remove", "agent_id": name, "ref": number})  # gone already
     assert (await sdk.recv())["code"] == "REGISTRATION_ERROR"
     await sdk.close()
+
+
+async def test_dev_config_is_accepted_quietly_as_route_callers_sends_it(server: ServerProcess) -> None:
+    """Issue 17 item 3 / 18 item 11: agent.routeCallers() sends dev.config {callers} with no agent
+    id, again on every re-registration; each drew an `unknown event` error."""
+    name = agent_name()
+    sdk = await online(server, name)
+    await sdk.send({"event": "dev.config", "callers": ["+15550100", "+15550101"]})
+    await sdk.send({"event": "ping"})
+    assert await sdk.recv() == {"event": "pong"}  # nothing came back for dev.config
+    await sdk.send({"event": "dev.config", "callers": "not-a-list"})
+    refused = await sdk.recv()
+    assert refused["event"] == "error" and refused["code"] == "BAD_REQUEST" and "callers" in refused["error"]
+    await sdk.close()
