@@ -147,6 +147,8 @@ def _public_bucket(records: Sequence[AgentRecord], origin: Origin, ip: str) -> s
 async def _records(node: Node, agents: list[tuple[str, str]], org_id: str) -> list[AgentRecord]:
     """The requested agents of ``org_id`` (the secret-key path); one moving off a draining node
     is waited for (services/handoff.py)."""
+    if not node.handoff.moving:  # the hot path: no agent is moving anywhere
+        return [await node.registry.find(org_id, slug, shown_as=shown) for slug, shown in agents]
     records = []
     for slug, shown in agents:
         key = agent_key(org_id, slug)
@@ -162,6 +164,8 @@ async def _records(node: Node, agents: list[tuple[str, str]], org_id: str) -> li
 
 async def _server(node: Node, record: AgentRecord) -> str:
     """The node the session should land on: the agent's, unless that node is draining."""
+    if not node.handoff.draining:  # the hot path: no node is draining
+        return record.node_url
     key = agent_key(record.org_id, record.agent_id)
     return await node.handoff.server_for(
         record,
