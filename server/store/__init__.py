@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -83,7 +83,7 @@ def sentinel_client(url: str) -> tuple[Redis, list[Redis], str]:
     if not path:
         raise ValueError("a redis+sentinel:// URL names the service: redis+sentinel://host:port/mymaster")
     db = int(path[1]) if len(path) > 1 else 0
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = cast(Any, Sentinel)(  # untyped before redis-py 8.2, typed since
         hosts,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,

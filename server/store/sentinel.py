@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import SentinelConnectionPool
@@ -103,7 +104,7 @@ class FailoverFence:
                 log.debug("sentinel watch lost (%s); retrying", type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await cast(Any, pubsub).aclose()  # untyped before redis-py 8.2
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
