@@ -55,6 +55,7 @@ class Settings:
     trusted_proxies: tuple[IpNetwork, ...] = ()
     log_level: str = "INFO"
     log_format: str = "json"  # json | text (dev mode's default is text)
+    log_flush_seconds: float = 0.2  # the access log's buffer is written at least this often
     # Agents' /client sockets
     agent_heartbeat_ttl: float = 10.0
     max_agents_per_node: int = 10_000
@@ -136,6 +137,7 @@ class Settings:
             "trusted_proxies": reader.get("VOICE_TRUSTED_PROXIES", _networks, ()),
             "log_level": reader.get("VOICE_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             "log_format": reader.get("VOICE_LOG_FORMAT", _choice("json", "text"), "text" if dev else "json"),
+            "log_flush_seconds": reader.get("VOICE_LOG_FLUSH_SECONDS", _positive(float, 60), 0.2),
             "agent_heartbeat_ttl": reader.get("VOICE_AGENT_HEARTBEAT_TTL", _positive(float, 600), 10.0),
             "cache_seconds": reader.get("VOICE_CACHE_SECONDS", _non_negative_float, 1.0),
             "max_agents_per_node": reader.get("VOICE_MAX_AGENTS", _positive(int, 1_000_000), 10_000),

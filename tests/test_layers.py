@@ -10,9 +10,9 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 ALLOWED = {
     "core": {"errors"},
     "store": {"core", "errors"},
-    "services": {"core", "store", "errors", "settings", "log", "metrics"},
-    "realtime": {"core", "store", "services", "errors", "settings", "log", "metrics"},
-    "web": {"core", "store", "services", "realtime", "errors", "settings", "log", "metrics"},
+    "services": {"core", "store", "errors", "settings", "log", "logsink", "metrics"},
+    "realtime": {"core", "store", "services", "errors", "settings", "log", "logsink", "metrics"},
+    "web": {"core", "store", "services", "realtime", "errors", "settings", "log", "logsink", "metrics"},
 }
 THIRD_PARTY_IN_CORE = {"redis", "starlette", "aiortc", "av", "aioice", "websockets", "uvicorn", "httpx"}
 

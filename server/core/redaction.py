@@ -161,6 +161,36 @@ def redact_text(text: str) -> str:
     return text
 
 
+# A word each of redact_text's patterns needs (a superset: "key" stands for api.?key and
+# private.?key): an ASCII query holding none of them comes out of redact_text as it went in.
+# Substring tests, ~10x cheaper than one case-blind regex search over the query.
+_QUERY_WORDS = (
+    "token", "secret", "passw", "key", "auth", "cookie", "credential", "thread", "bearer", "basic",
+    "sk_live_", "pk_publishable_", "wrtc_", "cht_", "stm_", "@", "://",
+)  # fmt: skip
+
+
+def redact_target(path: str, query: str) -> str:
+    """``path?query`` as :func:`redact_text` redacts it, at a fraction of its cost in the access
+    log's common case: a path seen before (the mint's ``/webrtc/token`` holds a secret word, so
+    the full pass runs on it once and is remembered) and a query without a secret word."""
+    if not query:
+        return _redacted_path(path)
+    if query.isascii():
+        lowered = query.lower()
+        for word in _QUERY_WORDS:
+            if word in lowered:
+                break
+        else:
+            return _redacted_path(path) + "?" + query
+    return redact_text(path + "?" + query)
+
+
+@functools.lru_cache(maxsize=1024)
+def _redacted_path(path: str) -> str:
+    return redact_text(path)
+
+
 def _pair(match: re.Match[str]) -> str:
     head, value = match[0][: match.start("value") - match.start()], match["value"]
     if not secret_name(match["name"]):

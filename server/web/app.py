@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import VoiceError
+from server.logsink import AccessSink
 from server.realtime.chat_ws import chat_asgi, chat_endpoint
 from server.realtime.client_ws import client_endpoint
 from server.realtime.stream_ws import stream_endpoint
@@ -57,7 +58,9 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
             yield
         finally:
             await _close(node)
+            sink.close()  # after the last request: uvicorn's SIGTERM path ends here
 
+    sink = AccessSink(settings.log_format, settings.log_flush_seconds)
     routes: list[BaseRoute] = [
         *tokens.routes(),  # also served from VoiceApp's fast lane
         *webrtc_http.routes(),
@@ -78,7 +81,8 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
     return VoiceApp(
         fast_lane={**tokens.fast_lane(), ("websocket", "/chat/ws"): chat_asgi},
         routes=routes,
-        middleware=[Middleware(CleanPath), Middleware(AccessLog)],
+        middleware=[Middleware(CleanPath), Middleware(AccessLog, sink=sink)],
+        access_sink=sink,
         exception_handlers={
             VoiceError: errors.on_voice_error,
             HTTPException: errors.on_http_error,
@@ -122,10 +126,12 @@ class VoiceApp(Starlette):
     request (``//webrtc/token``, ``HEAD``, ``POST``...) takes the normal way.
     """
 
-    def __init__(self, *, fast_lane: Mapping[tuple[str, str], ASGIApp], **kwargs: Any) -> None:
+    def __init__(
+        self, *, fast_lane: Mapping[tuple[str, str], ASGIApp], access_sink: AccessSink, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._fast_lane = dict(fast_lane)
-        self._logged_lane = {path: AccessLog(endpoint) for path, endpoint in fast_lane.items()}
+        self._logged_lane = {path: AccessLog(endpoint, access_sink) for path, endpoint in fast_lane.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -13,6 +13,7 @@ from server.core.redaction import (
     redact_data,
     redact_frame,
     redact_headers,
+    redact_target,
     redact_text,
     secret_name,
 )
@@ -113,3 +114,29 @@ def test_a_frame_is_redacted_whole_before_it_is_shortened() -> None:
 )
 def test_fragments_and_non_json_frames_show_their_size_only(opcode: str, data: bytes, fin: bool) -> None:
     assert redact_frame(opcode, data, fin) == f"{opcode} (not a JSON document) [{len(data)} bytes]"
+
+
+TARGETS = [
+    ("/webrtc/token", "agent_id=bench"),
+    ("/webrtc/token", ""),
+    ("/chat/ws", "token=cht_abc.def"),
+    ("/chat/ws", "TOKEN=abc&x=1"),
+    ("/healthz", "api_key=sk_live_x"),
+    ("/healthz", "x=sk_live_abcdef"),
+    ("/healthz", "x=pk_publishable_abc&y=wrtc_1"),
+    ("/a", "u=redis://user:pw@host/0"),
+    ("/a", "q=Bearer%20abc&auth=1"),
+    ("/a", "verifyToken=v&hub.verify_token=w&hub.mode=subscribe"),
+    ("/a", "thread=t1;x=2"),
+    ("/a", "basic=1&n=stm_zz"),
+    ("/api/sdk/agents/sk_live_inpath", "x=1"),
+    ("/api/sdk/agents/demo", "password=p"),
+    ("/x/cookie", "a=b"),
+    ("/", "plain=value&other=thing&z="),
+]
+
+
+@pytest.mark.parametrize(("path", "query"), TARGETS)
+def test_redact_target_is_redact_text_of_the_whole_target(path: str, query: str) -> None:
+    whole = path + ("?" + query if query else "")
+    assert redact_target(path, query) == redact_text(whole)
