@@ -76,7 +76,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server", choices=[*SERVERS, "both"], default="uvicorn", help="ASGI server (uvicorn)")
     p.add_argument(
-        "--logs", choices=["off", "on"], default="off", help="per-request logs on both sides (off)"
+        "--logs",
+        choices=["on", "off"],
+        default="on",
+        help="per-request access logs on both sides, as shipped (on; row c0: our mint with them off)",
     )
     p.add_argument("--rows", type=_rows, default=list(ROW_KEYS), help="subset, e.g. a,c (default all)")
     p.add_argument("--ws-tokens", type=_positive, default=None, help="tokens per consume row (auto)")

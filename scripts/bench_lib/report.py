@@ -129,6 +129,9 @@ def ratios(rows: Mapping[str, Row]) -> list[Ratio]:
     return [
         Ratio("c/b1", "secret-key mint vs naive mint", _div(rate("c"), rate("b1")), "≥ 1.5"),
         Ratio("c/a", "secret-key mint vs bare route", _div(rate("c"), rate("a")), "≥ 0.6"),
+        Ratio("c/c0", "mint with access log vs logs off", _div(rate("c"), rate("c0")), "≥ 0.9"),
+        # The same cost in server CPU, less swayed by what else the machine runs than a rate.
+        Ratio("cpu c0/c", "server CPU per mint, logs off vs on", _div(cpu("c0"), cpu("c")), ""),
         Ratio("d/b1", "public mint vs naive mint", _div(rate("d"), rate("b1")), ""),
         Ratio("e2/e1", "chat consume vs naive WS accept + GETDEL", _div(rate("e2"), rate("e1")), "≥ 1.5"),
         Ratio("cpu e1/e2", "server CPU per session, naive vs ours", _div(cpu("e1"), cpu("e2")), ""),

@@ -2,9 +2,9 @@
 
 Both apps run under the same server with the same settings: uvicorn as ``voice-server serve``
 runs it (uvloop, httptools, no proxy headers, no server header, 64 KiB frames, 20 s pings), or
-granian (``--interface asgi``, one worker, uvloop). ``logs`` decides for both: off = no access
-log anywhere (the default: we measure the request path); on = one line per request on both
-sides (uvicorn's access log for the baselines, our AccessLog at INFO for ours).
+granian (``--interface asgi``, one worker, uvloop). ``logs`` decides for both: on (the default,
+as shipped) = one line per request on both sides (uvicorn's access log at INFO for the
+baselines, ours at ``VOICE_LOG_LEVEL=INFO``); off = no access log anywhere.
 """
 
 from __future__ import annotations

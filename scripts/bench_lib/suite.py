@@ -19,12 +19,13 @@ from scripts.bench_lib.servers import Endpoint, Ours, start_baselines, start_our
 from scripts.bench_lib.wrk import Load, WrkFailed, run_wrk
 from scripts.bench_lib.wsload import consume_load, premint
 
-ROW_KEYS = ("a", "b1", "b2", "c", "d", "e0", "e1", "e2")
+ROW_KEYS = ("a", "b1", "b2", "c", "c0", "d", "e0", "e1", "e2")
 LABELS = {
     "a": "bare JSON route (baseline)",
     "b1": "naive mint: one SET EX (baseline)",
     "b2": "naive redeem: one GETDEL over HTTP (baseline)",
     "c": "our mint, secret key: GET /webrtc/token",
+    "c0": "our mint, secret key, logs off (same run)",
     "d": "our mint, public path (Origin): GET /webrtc/token",
     "e0": "WS floor: raw ASGI accept + first frame (no Redis)",
     "e1": "naive WS: accept + GETDEL + first frame (baseline)",
@@ -54,17 +55,30 @@ class Suite:
         self.server = server
 
     async def run(self) -> list[Row]:
+        """The selected rows in ROW_KEYS order. Row c0 (logs on only) is our mint again on a
+        second server started with logs off once the first has stopped: the access log's cost,
+        measured in the same pass as the row it is compared with."""
         _progress(f"starting the baselines and our server under {self.server}")
         baselines = start_baselines(self.children, self.server, self.redis, self.plan.logs)
         try:
-            ours = start_ours(self.children, self.server, self.redis, self.plan.logs)
-            try:
-                async with await BenchAgent.connect(ours.endpoint.ws, ours.api_key):
-                    return [await self._row(key, baselines, ours) for key in self.plan.rows]
-            finally:
-                self.children.stop(ours.endpoint.proc)
+            logged = [key for key in self.plan.rows if key != "c0"]
+            rows = await self._rows_on_ours(logged, baselines, self.plan.logs)
+            if "c0" in self.plan.rows and self.plan.logs:
+                _progress(f"{self.server}: our server again, logs off, for row c0")
+                rows += await self._rows_on_ours(["c0"], baselines, False)
         finally:
             self.children.stop(baselines.proc)
+        return sorted(rows, key=lambda row: ROW_KEYS.index(row.key))
+
+    async def _rows_on_ours(self, keys: Sequence[str], baselines: Endpoint, logs: bool) -> list[Row]:
+        if not keys:
+            return []
+        ours = start_ours(self.children, self.server, self.redis, logs)
+        try:
+            async with await BenchAgent.connect(ours.endpoint.ws, ours.api_key):
+                return [await self._row(key, baselines, ours) for key in keys]
+        finally:
+            self.children.stop(ours.endpoint.proc)
 
     async def _row(self, key: str, baselines: Endpoint, ours: Ours) -> Row:
         bearer = {"Authorization": f"Bearer {ours.api_key}"}
@@ -74,6 +88,7 @@ class Suite:
             "b1": (f"{baselines.http}/naive/token", {}),
             "b2": (f"{baselines.http}/naive/redeem?token=spent", {}),
             "c": (mint, bearer),
+            "c0": (mint, bearer),
             "d": (mint, {"Origin": ORIGIN}),
         }
         _progress(f"{self.server}: row {key} ({LABELS[key]})")

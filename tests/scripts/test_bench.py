@@ -108,7 +108,7 @@ def test_quick_run_prints_every_row_ratio_and_memory_figure() -> None:
     out = done.stdout
     assert "CPUs (nproc)" in out
     assert "wrk -t2 -c50 -d1s --latency" in out
-    for key in ("a", "b1", "b2", "c", "d", "e0", "e1", "e2"):
+    for key in ("a", "b1", "b2", "c", "c0", "d", "e0", "e1", "e2"):
         row = re.search(
             rf"^{key}\s+.+\s(wrk|ws)\s+([\d,]+)\s+([\d.]+ms)\s+([\d.]+ms)\s+([\d,]+)\s+(\d+)\s+[\d.]+\s+([\d,]+us)\s+(\d+)%$",
             out,
@@ -117,7 +117,7 @@ def test_quick_run_prints_every_row_ratio_and_memory_figure() -> None:
         assert row is not None, f"row {key} missing:\n{out}"
         assert int(row[2].replace(",", "")) > 0, row[0]
         assert row[6] == "0", f"row {key} had errors:\n{out}"
-    for ratio in ("c/b1", "c/a", "d/b1", "e2/e1", "e1/e0", "p99 c/a"):
+    for ratio in ("c/b1", "c/a", "c/c0", "d/b1", "e2/e1", "e1/e0", "p99 c/a"):
         assert re.search(rf"^{re.escape(ratio)}\s+.+\d+\.\d\dx", out, re.M), f"ratio {ratio} missing:\n{out}"
     for outstanding in ("1,000", "5,000"):
         assert re.search(
