@@ -30,6 +30,7 @@ the code as reason on WebSockets)::
     │   └── SignatureRequired      403 signature_required
     ├── VerifyTokenInvalid         403 verify_token_invalid
     └── RegistrationError          (SDK frames only: REGISTRATION_ERROR)
+        ├── ChannelNotFound        (CHANNEL_NOT_FOUND)
         ├── InvalidOriginPattern
         └── AgentInUse             (AGENT_IN_USE)
 
@@ -210,6 +211,13 @@ class VerifyTokenInvalid(VoiceError):
 
 class RegistrationError(VoiceError):
     status, code, ws_close_code, frame_code = 400, "registration_error", 1008, "REGISTRATION_ERROR"
+
+
+class ChannelNotFound(RegistrationError):
+    """A channel command names a ref (or type) the agent has no channel for. Its own code: the
+    SDK fails an agent's registration on REGISTRATION_ERROR, and a mistyped ref is not that."""
+
+    status, code, frame_code = 404, "channel_not_found", "CHANNEL_NOT_FOUND"
 
 
 class InvalidOriginPattern(RegistrationError):
