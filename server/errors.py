@@ -22,6 +22,7 @@ the code as reason on WebSockets)::
     │   └── TokenWrongAgent        403 token_wrong_agent
     ├── ScopeForbidden             403 scope_forbidden
     ├── CallNotFound               404 call_not_found
+    ├── SessionNotFound            404 session_not_found
     ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
     ├── NotSupported               501 not_supported
     ├── CapacityExceeded           503 at_capacity
@@ -162,6 +163,12 @@ class CallNotFound(VoiceError):
     """A command names a call that is live nowhere (or that this socket may not see)."""
 
     status, code, ws_close_code, frame_code = 404, "call_not_found", 1008, "CALL_NOT_FOUND"
+
+
+class SessionNotFound(VoiceError):
+    """``session.*`` names a session of the agent that is live nowhere."""
+
+    status, code, ws_close_code, frame_code = 404, "session_not_found", 1008, "SESSION_NOT_FOUND"
 
 
 class SlowConsumer(VoiceError):
