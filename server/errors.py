@@ -22,6 +22,7 @@ the code as reason on WebSockets)::
     │   └── TokenWrongAgent        403 token_wrong_agent
     ├── ScopeForbidden             403 scope_forbidden
     ├── CallNotFound               404 call_not_found
+    ├── SessionNotFound            404 session_not_found
     ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
     ├── NotSupported               501 not_supported
     ├── CapacityExceeded           503 at_capacity
@@ -30,6 +31,7 @@ the code as reason on WebSockets)::
     │   └── SignatureRequired      403 signature_required
     ├── VerifyTokenInvalid         403 verify_token_invalid
     └── RegistrationError          (SDK frames only: REGISTRATION_ERROR)
+        ├── ChannelNotFound        (CHANNEL_NOT_FOUND)
         ├── InvalidOriginPattern
         └── AgentInUse             (AGENT_IN_USE)
 
@@ -163,6 +165,12 @@ class CallNotFound(VoiceError):
     status, code, ws_close_code, frame_code = 404, "call_not_found", 1008, "CALL_NOT_FOUND"
 
 
+class SessionNotFound(VoiceError):
+    """``session.*`` names a session of the agent that is live nowhere."""
+
+    status, code, ws_close_code, frame_code = 404, "session_not_found", 1008, "SESSION_NOT_FOUND"
+
+
 class SlowConsumer(VoiceError):
     """A stream socket fell further behind than ``VOICE_STREAM_QUEUE`` events: it is closed, and
     the client resumes with ``after=<last seq>``."""
@@ -210,6 +218,13 @@ class VerifyTokenInvalid(VoiceError):
 
 class RegistrationError(VoiceError):
     status, code, ws_close_code, frame_code = 400, "registration_error", 1008, "REGISTRATION_ERROR"
+
+
+class ChannelNotFound(RegistrationError):
+    """A channel command names a ref (or type) the agent has no channel for. Its own code: the
+    SDK fails an agent's registration on REGISTRATION_ERROR, and a mistyped ref is not that."""
+
+    status, code, frame_code = 404, "channel_not_found", "CHANNEL_NOT_FOUND"
 
 
 class InvalidOriginPattern(RegistrationError):

@@ -167,6 +167,8 @@ class ChatSession(Session):
 
     def _arm_turn(self) -> None:
         self._disarm_turn()
+        if self.paused:  # a human answers a paused chat, whenever they do (session_control.py)
+            return
         self._turn = asyncio.create_task(self._turn_timeout(), name=f"chat-turn-{self.call_id}")
 
     def _disarm_turn(self) -> None:

@@ -25,6 +25,7 @@ from server.core.slugs import agent_slug
 from server.core.wire import Frame, error_frame, parse_frame, text_field
 from server.errors import BadRequest, CapacityExceeded, InvalidApiKey, RegistrationError, VoiceError
 from server.log import event
+from server.realtime.session_commands import session_command
 from server.services.node import Node
 
 log = logging.getLogger("voice.client")
@@ -167,6 +168,10 @@ class _Session:
             "channel.remove": self.channel_remove,
             "channel.configure": self.channel_configure,
             "dev.config": self.dev_config,
+            "session.configure": self.session,
+            "session.pause": self.session,
+            "session.resume": self.session,
+            "session.send": self.session,
         }
 
     async def dispatch(self, frame: Frame) -> None:
@@ -196,6 +201,9 @@ class _Session:
         ):
             raise BadRequest(f"dev.config needs 'callers': a list of at most {MAX_DEV_CALLERS} phone numbers")
         self.connection.dev_callers = tuple(callers)
+
+    async def session(self, frame: Frame) -> None:
+        await session_command(self.node, self.connection, frame)
 
     async def ignore(self, frame: Frame) -> None:
         return None

@@ -215,6 +215,12 @@ class WebRtcSession(Session):
         else:
             raise BadRequest(f"unknown action {action[:64]!r}")
 
+    async def reconfigure(self, changes: Mapping[str, Any]) -> None:
+        """``session.configure`` from the agent: the voice, language and the rest apply to this
+        session from now on (its ``config``, as the browser's ``configure`` action would)."""
+        self.config.update(changes)
+        await self.send_to_agent({"event": "call.updated", "config": self.config, **_language(changes)})
+
     async def user_said(self, text: str) -> None:
         """What the user said (typed or transcribed): to the agent and back to the browser."""
         message_id = new_message_id()

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from server.core.cache import TtlCache
 from server.core.origins import OriginPattern, parse_patterns
-from server.errors import AgentInUse, AgentNotOnline, RegistrationError, VoiceError
+from server.errors import AgentInUse, AgentNotOnline, ChannelNotFound, RegistrationError, VoiceError
 from server.services.presence import presence_name
 from server.services.relay import Relay
 from server.store.base import AgentRecord, AgentStore, agent_key
@@ -397,7 +397,7 @@ class AgentRegistry:
             if stored.get("ref") == ref or (stored.get("type") == ref and not stored.get("ref"))
         ]
         if not found:
-            raise RegistrationError(f"no channel {ref!r} on agent '{agent_id}'")
+            raise ChannelNotFound(f"no channel {ref!r} on agent '{agent_id}'")
         if len(found) > 1:
             types = ", ".join(sorted(str(c.get("type")) for c in found))
             raise RegistrationError(f"ref {ref!r} names several channels ({types}); send its type too")
@@ -409,9 +409,7 @@ class AgentRegistry:
         record = self._owned(connection, agent_id)
         channel_id = f"{kind}:{ref or ''}"
         if channel_id not in record.channels:
-            raise RegistrationError(
-                f"no {kind} channel {ref or ''!r} on agent '{agent_id}'".replace(" ''", "")
-            )
+            raise ChannelNotFound(f"no {kind} channel {ref or ''!r} on agent '{agent_id}'".replace(" ''", ""))
         channels = {k: v for k, v in record.channels.items() if k != channel_id}
         if ref:
             await self._store.release_name(channel_name(kind, ref), agent_key(record.org_id, agent_id))

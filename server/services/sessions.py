@@ -29,6 +29,7 @@ from server.errors import CapacityExceeded, RateLimited
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
+from server.services.session_control import CONTROL_EVENTS, control, held_back, mark_paused, refuse_paused
 from server.store.base import AgentRecord
 
 log = logging.getLogger("voice.sessions")
@@ -121,6 +122,8 @@ class Session:
         self.manager: SessionManager | None = None
         self.indexed = False  # holds a call index entry in the store (relayed sessions)
         self._inbound: InboundBudget | None = None
+        self.paused = False  # agent.pause(): services/session_control.py
+        self.session_config: dict[str, Any] = {}  # agent.configureSession(id, {...})
 
     def inbound(self, size: int) -> None:
         """Charge ``size`` bytes from the browser; RateLimited past the session's budget."""
@@ -165,7 +168,7 @@ class Session:
         if self.manager is None:
             return False
         return await self.manager.registry.send(
-            self.org_id, self.agent_id, {**frame, "call_id": self.call_id}
+            self.org_id, self.agent_id, {**mark_paused(self, frame), "call_id": self.call_id}
         )
 
     async def on_agent_command(self, frame: Mapping[str, Any]) -> None:
@@ -174,7 +177,20 @@ class Session:
         if frame.get("event") == "call.hangup":
             await self.end("hangup")
             return
+        if frame.get("event") in CONTROL_EVENTS:
+            await control(self, frame)
+            return
+        if held_back(self, frame):
+            await refuse_paused(self, frame)
+            return
         await self.handle_command(frame)
+
+    async def reconfigure(self, changes: Mapping[str, Any]) -> None:
+        """``session.configure`` merged ``changes`` into :attr:`session_config`; a new language
+        is told to the agent as ``call.updated`` (the SDK's Call then reports it)."""
+        language = changes.get("language")
+        if isinstance(language, str) and language:
+            await self.send_to_agent({"event": "call.updated", "language": language})
 
     async def handle_command(self, frame: Mapping[str, Any]) -> None:
         """Transport-specific commands; the default tells the agent the command is unknown."""
@@ -236,6 +252,8 @@ class SessionManager:
         # being admitted here: then every call is indexed, so the agent's commands still find it.
         self.index_every_call = False
         self._admitting: Counter[tuple[str, str]] = Counter()  # (org, agent) -> admissions under way
+        # (org, agent) paused as a whole (agent.pause() with no session): new sessions start paused.
+        self.paused_agents: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -316,6 +334,7 @@ class SessionManager:
                 await relay.claim_call(session.call_id, self.limits.max_seconds + CALL_INDEX_GRACE)
                 session.indexed = True
         session.manager = self
+        session.paused = session.paused or (session.org_id, session.agent_id) in self.paused_agents
         session.started_at = session.last_activity = self._clock()
         self._live[session.call_id] = session
         self._per_org[session.org_id] += 1

@@ -512,7 +512,9 @@ async def test_channels_are_configured_and_removed_by_ref_alone_as_the_sdk_sends
     assert signed.status_code == 200, signed.text
 
     await sdk.send({"event": "channel.configure", "agent_id": name, "ref": "nope", "voice": "x"})
-    assert (await sdk.recv())["code"] == "REGISTRATION_ERROR"
+    unknown = await sdk.recv()
+    assert (unknown["event"], unknown["code"], unknown["agent_id"]) == ("error", "CHANNEL_NOT_FOUND", name)
+    assert "'nope'" in unknown["error"]
     await sdk.send({"event": "channel.remove", "agent_id": name, "ref": "webrtc"})
     assert await sdk.recv() == {
         "event": "channel.removed",
@@ -528,7 +530,7 @@ async def test_channels_are_configured_and_removed_by_ref_alone_as_the_sdk_sends
         "ref": number,
     }
     await sdk.send({"event": "channel.remove", "agent_id": name, "ref": number})  # gone already
-    assert (await sdk.recv())["code"] == "REGISTRATION_ERROR"
+    assert (await sdk.recv())["code"] == "CHANNEL_NOT_FOUND"
     await sdk.close()
 
 

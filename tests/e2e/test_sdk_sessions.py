@@ -1,0 +1,244 @@
+"""The SDK's commands on live sessions and the rest of issue 17, on a real server process, each
+frame sent exactly as @pinecall/sdk 0.14 sends it (src/domain/agent.ts: ``configureSession``,
+``pause``, ``resume``, ``sendMessage``), each answer the frames its handlers read
+(src/dispatch/handlers/session.ts, lifecycle.ts, error.ts)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tests.realtime.peer import BrowserPeer
+from tests.support.procs import ServerProcess, start_server
+from tests.support.sdk import SdkClient
+
+KEY = "sk_test_sessions_0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    proc = start_server(
+        {
+            "VOICE_TOKEN_SECRET": "sessions-secret-0123456789abcdef0123",
+            "VOICE_API_KEYS": f"acme:{KEY}",
+            "VOICE_RATE_LIMIT_KEY": "0",
+            "VOICE_RTC_HOST_ADDRESSES": "127.0.0.1",
+        }
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+async def agent(server: ServerProcess) -> AsyncIterator[tuple[SdkClient, str]]:
+    sdk = await SdkClient.connect(server.url, KEY)
+    name = "sess-" + uuid.uuid4().hex[:8]
+    assert (await sdk.create_agent(name))["event"] == "agent.created"
+    yield sdk, name
+    await sdk.close()
+
+
+async def mint(http: httpx.AsyncClient, agent_id: str, channel: str) -> str:
+    response = await http.get(f"/{channel}/token", params={"agent_id": agent_id}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+async def open_chat(
+    server: ServerProcess, http: httpx.AsyncClient, sdk: SdkClient, name: str
+) -> tuple[ClientConnection, dict[str, Any]]:
+    chat = await websockets.connect(server.ws_url + "/chat/ws?token=" + await mint(http, name, "chat"))
+    assert json.loads(await asyncio.wait_for(chat.recv(), 10))["event"] == "chat.connected"
+    started = await sdk.wait_for("llm.chat.started")
+    return chat, started
+
+
+async def browser_next(chat: ClientConnection, *names: str, timeout: float = 5.0) -> dict[str, Any]:
+    while True:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(chat.recv(), timeout))
+        if frame["event"] in names:
+            return frame
+
+
+async def nothing_for(chat: ClientConnection, seconds: float) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(chat.recv(), seconds)
+
+
+async def test_a_paused_chat_holds_the_agents_replies_and_carries_the_humans(
+    server: ServerProcess, http: httpx.AsyncClient, agent: tuple[SdkClient, str]
+) -> None:
+    """agent.pause(id): session.paused {session_id}; the user's message still reaches the agent,
+    paused: true; the agent's own bot.reply is refused SESSION_PAUSED and never reaches the
+    browser; agent.sendMessage is delivered (session.sent); agent.resume lets replies through."""
+    sdk, name = agent
+    chat, started = await open_chat(server, http, sdk, name)
+    call_id = started["call_id"]
+
+    await sdk.send({"event": "session.pause", "agent_id": name, "session_id": call_id})
+    paused = await sdk.wait_for("session.paused")
+    assert (paused["agent_id"], paused["session_id"]) == (name, call_id)
+
+    await chat.send(json.dumps({"event": "message", "text": "is anyone there?"}))
+    said = await sdk.wait_for("chat.message")
+    assert (said["text"], said["paused"]) == ("is anyone there?", True)
+    await sdk.send({"event": "bot.reply", "call_id": call_id, "message_id": "ai-1", "text": "I am the AI"})
+    refused = await sdk.wait_for("session.sent", "bot.finished")
+    assert (refused["event"], refused["code"], refused["call_id"]) == ("error", "SESSION_PAUSED", call_id)
+    await nothing_for(chat, 0.3)
+
+    await sdk.send(
+        {"event": "session.send", "agent_id": name, "session_id": call_id, "text": "Hi, a human here."}
+    )
+    done = await browser_next(chat, "chat.done")
+    assert done["text"] == "Hi, a human here."
+    sent = await sdk.wait_for("session.sent")
+    assert (sent["agent_id"], sent["session_id"]) == (name, call_id)
+    # The human's words are the agent's side of the conversation, as its replies are.
+    await sdk.send({"event": "history.get", "call_id": call_id, "request_id": "h1"})
+    history = await sdk.wait_for("history.data")
+    assert any("Hi, a human here." in json.dumps(m) for m in history["messages"])
+
+    await sdk.send({"event": "session.resume", "agent_id": name, "session_id": call_id})
+    resumed = await sdk.wait_for("session.resumed")
+    assert resumed["session_id"] == call_id
+    await chat.send(json.dumps({"event": "message", "text": "and now?"}))
+    assert "paused" not in await sdk.wait_for("chat.message")
+    await sdk.send({"event": "bot.reply", "call_id": call_id, "message_id": "ai-2", "text": "Back."})
+    assert (await browser_next(chat, "chat.done"))["text"] == "Back."
+    await chat.close()
+
+
+async def test_session_commands_name_the_session_by_either_id_and_unknown_ones_are_refused(
+    server: ServerProcess, http: httpx.AsyncClient, agent: tuple[SdkClient, str]
+) -> None:
+    """session_id may be the call id or call.started's sess_ id; an unknown one is error
+    SESSION_NOT_FOUND (the SDK's ErrorHandler emits it as an error); configureSession answers
+    session.configured and, for a language, call.updated (the SDK's Call takes it)."""
+    sdk, name = agent
+    chat, started = await open_chat(server, http, sdk, name)
+    await sdk.send(
+        {
+            "event": "session.configure",
+            "agent_id": name,
+            "session_id": started["session_id"],
+            "language": "es",
+            "voice": "mock",
+            "prompt": "Be brief.",
+        }
+    )
+    updated = await sdk.wait_for("call.updated")
+    assert (updated["call_id"], updated["language"]) == (started["call_id"], "es")
+    configured = await sdk.wait_for("session.configured")
+    assert configured["session_id"] == started["session_id"]
+
+    for frame in (
+        {"event": "session.pause", "agent_id": name, "session_id": "chat-nope"},
+        {"event": "session.send", "agent_id": name, "session_id": "wrt_nope", "text": "hi"},
+        {"event": "session.configure", "agent_id": name, "session_id": "sess_nope", "language": "fr"},
+    ):
+        await sdk.send(frame)
+        unknown = await sdk.wait_for("session.paused", "session.sent", "session.configured")
+        assert (unknown["event"], unknown["code"], unknown["agent_id"]) == (
+            "error",
+            "SESSION_NOT_FOUND",
+            name,
+        )
+        assert str(frame["session_id"]) in unknown["error"]
+
+    # Another agent of the org may not steer this agent's session.
+    other = await SdkClient.connect(server.url, KEY)
+    other_name = "sess-" + uuid.uuid4().hex[:8]
+    await other.create_agent(other_name)
+    await other.send({"event": "session.pause", "agent_id": other_name, "session_id": started["call_id"]})
+    assert (await other.wait_for("session.paused"))["code"] == "SESSION_NOT_FOUND"
+    await other.send(
+        {"event": "session.send", "agent_id": name, "session_id": started["call_id"], "text": "x"}
+    )
+    assert (await other.wait_for("session.sent"))["code"] == "REGISTRATION_ERROR"  # not its agent
+    await other.close()
+    await chat.close()
+
+
+async def test_a_global_pause_covers_live_and_new_sessions(
+    server: ServerProcess, http: httpx.AsyncClient, agent: tuple[SdkClient, str]
+) -> None:
+    """agent.pause() with no target pauses the whole agent (session.paused without session_id):
+    sessions live now and sessions that start later; agent.resume() clears it."""
+    sdk, name = agent
+    chat, started = await open_chat(server, http, sdk, name)
+    await sdk.send({"event": "session.pause", "agent_id": name})
+    assert await sdk.wait_for("session.paused") == {"event": "session.paused", "agent_id": name}
+    late, late_started = await open_chat(server, http, sdk, name)
+    for browser in (chat, late):
+        await browser.send(json.dumps({"event": "message", "text": "hello"}))
+        assert (await sdk.wait_for("chat.message"))["paused"] is True
+    await sdk.send({"event": "bot.reply", "call_id": late_started["call_id"], "text": "AI"})
+    assert (await sdk.wait_for("bot.finished"))["code"] == "SESSION_PAUSED"
+    await sdk.send({"event": "session.resume", "agent_id": name})
+    assert await sdk.wait_for("session.resumed") == {"event": "session.resumed", "agent_id": name}
+    await sdk.send({"event": "bot.reply", "call_id": started["call_id"], "text": "AI again"})
+    assert (await browser_next(chat, "chat.done"))["text"] == "AI again"
+    await sdk.send({"event": "session.pause", "agent_id": name, "contact": "+15550100"})
+    assert (await sdk.wait_for("session.paused"))["code"] == "BAD_REQUEST"
+    await chat.close()
+    await late.close()
+
+
+async def test_webrtc_sessions_are_configured_paused_and_spoken_to(
+    http: httpx.AsyncClient, agent: tuple[SdkClient, str]
+) -> None:
+    """On a live WebRTC session: configureSession changes its config (call.updated with the
+    config and language), a paused session's user input is marked paused and the agent's reply
+    held back, and sendMessage is spoken on the data channel."""
+    sdk, name = agent
+    peer = BrowserPeer()
+    try:
+        response, _ = await peer.connect(http, await mint(http, name, "webrtc"))
+        assert response.status_code == 200, response.text
+        started = await sdk.wait_for("call.started")
+        await asyncio.wait_for(peer.opened.wait(), 10)
+        call_id = started["call_id"]
+        await sdk.send(
+            {
+                "event": "session.configure",
+                "agent_id": name,
+                "session_id": call_id,
+                "voice": "mock",
+                "language": "de",
+            }
+        )
+        updated = await sdk.wait_for("call.updated")
+        assert updated["language"] == "de" and updated["config"]["voice"] == "mock"
+        assert (await sdk.wait_for("session.configured"))["session_id"] == call_id
+
+        await sdk.send({"event": "session.pause", "agent_id": name, "session_id": call_id})
+        await sdk.wait_for("session.paused")
+        peer.act({"action": "inject_text", "text": "hello?"})
+        said = await sdk.wait_for("user.message")
+        assert (said["text"], said["paused"]) == ("hello?", True)
+        await sdk.send({"event": "bot.reply", "call_id": call_id, "message_id": "ai-1", "text": "robot"})
+        assert (await sdk.wait_for("bot.speaking"))["code"] == "SESSION_PAUSED"
+        await sdk.send({"event": "session.send", "agent_id": name, "session_id": call_id, "text": "a person"})
+        sent = await sdk.wait_for("session.sent")
+        speaking = await peer.wait_for("bot.speaking", message_id=sent["message_id"])
+        assert speaking["text"] == "a person"
+        assert all(e.get("message_id") != "ai-1" for e in peer.seen)
+    finally:
+        await peer.close()
