@@ -101,6 +101,7 @@ class ChatSession(Session):
         self._inbox: asyncio.Queue[Frame] = asyncio.Queue(INBOX_SIZE)
         self._pump: asyncio.Task[None] | None = None
         self._turn: asyncio.Task[None] | None = None  # a user message waiting for its reply
+        self._turns = 0  # user messages so far: the turn_id of turn.end
         self._streams: dict[str, str] = {}
         self.greeting: str | None = None  # the agent config's, sent when the conversation is new
 
@@ -164,6 +165,13 @@ class ChatSession(Session):
             await self.end("agent_offline")
             return
         self._arm_turn()
+        # The SDK's bring-your-own-LLM handler is agent.on("turn.end"). A chat message is a
+        # finished turn at once (no detector, so no eager.turn); the SDK's chat path keeps no
+        # turn state of its own, so turn.end names its text and message_id (pinecall/sdk
+        # domain/call.ts _applyTurnEnd reads them before any tracked state).
+        self._turns += 1
+        turn = {"turn_id": self._turns, "message_id": message_id, "text": text}
+        await self.send_to_agent({"event": "turn.end", **turn, "probability": 1.0, "latency_ms": 0})
 
     def _arm_turn(self) -> None:
         self._disarm_turn()

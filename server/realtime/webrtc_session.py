@@ -222,12 +222,26 @@ class WebRtcSession(Session):
         await self.send_to_agent({"event": "call.updated", "config": self.config, **_language(changes)})
 
     async def user_said(self, text: str) -> None:
-        """What the user said (typed or transcribed): to the agent and back to the browser."""
+        """What the user said (typed or transcribed): to the agent and back to the browser, as
+        one finished turn. The order is the real server's (a recorded WebRTC call in pinecall/sdk
+        tests/fixtures/ev-replay.json): ``eager.turn``, the final ``user.message``, ``turn.end``.
+        The SDK's Call builds the Turn of ``turn.end`` from the ``user.message`` before it
+        (confidence, language), so that one comes between; ``turn.end`` still carries the text
+        and message id, which the SDK prefers when present (pinecall/sdk domain/call.ts)."""
         message_id = new_message_id()
+        self._turn += 1
         self._remember("user", text)
-        frame = {"event": "user.message", "text": text, "message_id": message_id}
-        await self.send_to_agent(frame)
-        self.to_browser(frame)
+        # A typed (or fully transcribed) turn is certain: probability 1, no detector latency.
+        turn = {"turn_id": self._turn, "message_id": message_id, "text": text}
+        signal = {"probability": 1.0, "latency_ms": 0}
+        frames = (
+            {"event": "eager.turn", **turn, **signal},
+            {"event": "user.message", **turn, "confidence": 1.0, "lag_ms": 0, **_language(self.config)},
+            {"event": "turn.end", **turn, **signal},
+        )
+        for frame in frames:
+            await self.send_to_agent(frame)
+            self.to_browser(frame)
 
     def _set_context(self, frame: Mapping[str, Any]) -> None:
         key = _text(frame, "key", 128)
