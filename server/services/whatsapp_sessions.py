@@ -3,7 +3,8 @@
 A conversation is keyed by (org, agent, phone number id, contact). Its first message sends
 ``whatsapp.session_started`` to the agent, every message ``whatsapp.message``; the agent's
 ``bot.reply {call_id "wa-..."}`` reaches the session through ``node.calls`` and goes out as
-``POST {graph}/{phone_number_id}/messages``. A conversation ends (``whatsapp.session_ended``)
+``POST {graph}/{phone_number_id}/messages``; its ``history.*`` commands act on the conversation's
+messages as on a chat's. A conversation ends (``whatsapp.session_ended``)
 when Meta's 24 h customer-service window since the contact's last message closes, after the
 idle timeout, on ``call.hangup``, or when the agent goes offline.
 
@@ -38,6 +39,7 @@ from server.errors import AgentNotOnline
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
+from server.services.history import HISTORY_COMMANDS, LocalHistory, Memory, Message
 
 log = logging.getLogger("voice.whatsapp")
 Clock = Callable[[], float]
@@ -115,7 +117,11 @@ class WhatsAppSession:
         self.key = key
         self.contact_name = contact_name
         self.call_id = "wa-" + secrets.token_hex(8)
-        self.session_id = "wa_sess_" + secrets.token_hex(8)
+        # One id: the SDK keys its Call and WhatsAppSession by ``session_id`` and sends their
+        # commands with it as ``call_id`` (pinecall/sdk dispatch/handlers/whatsapp.ts), and it
+        # routes ``history.*`` answers to a WhatsAppSession only for ``wa-`` ids (history.ts).
+        self.session_id = self.call_id
+        self.memory = Memory(LocalHistory())
         self.started_at = self.last_contact_at = self.last_activity = now
         self.message_count = 0
         self.pending = 0
@@ -176,9 +182,15 @@ class Conversations:
         session.last_contact_at = session.last_activity = now
         session.message_count += 1
         session.contact_name = msg.contact_name or session.contact_name
+        if msg.text:
+            await session.memory.history.append([Message("user", msg.text)])
         frame: dict[str, Any] = {
             "event": "whatsapp.message",
             "from": msg.contact,
+            # ``name`` is what the SDK's whatsapp.message carries (docs/guides/whatsapp.md);
+            # ``paused`` is always false: this server has no LLM of its own to pause.
+            "name": session.contact_name,
+            "paused": False,
             "contact_name": session.contact_name,
             "text": msg.text,
             "message_id": msg.message_id,
@@ -231,6 +243,11 @@ class Conversations:
         if name == "call.hangup":
             await self.end(session, "hangup")
             return
+        if name in HISTORY_COMMANDS:
+            session.last_activity = self._clock()
+            for answer in await session.memory.answer(frame):
+                await self._send(session, answer)
+            return
         if name != "bot.reply":
             await self._error(
                 session, f"unsupported command {name!r} on a WhatsApp session", "UNSUPPORTED_COMMAND"
@@ -272,6 +289,7 @@ class Conversations:
                     sent.append(
                         await self.graph.send_text(session.phone_number_id, token, session.contact, part)
                     )
+                await session.memory.history.append([Message("assistant", text)])
             await self._send(
                 session,
                 {

@@ -146,6 +146,67 @@ async def test_signed_message_reaches_the_agent_and_its_reply_reaches_graph(
         await sdk.close()
 
 
+async def test_the_sdk_session_id_takes_replies_and_history_and_messages_carry_name_and_paused(
+    server: ServerProcess, http: httpx.AsyncClient, graph: FakeGraph
+) -> None:
+    """The SDK keys its WhatsApp ``Call`` and ``WhatsAppSession`` by ``session_id``
+    (dispatch/handlers/whatsapp.ts) and sends every command with ``call_id: <session_id>``:
+    ``call.reply()`` a ``bot.reply`` (domain/call.ts), ``session.setHistory()`` a ``history.set``
+    whose ``history.updated`` it routes back by a ``wa-`` call id and ``request_id``
+    (kernel/requester.ts, dispatch/handlers/history.ts). Issue 18 item 3."""
+    pnid = number()
+    sdk = await agent_with_number(server, pnid, accessToken="EAAG-sdk", appSecret=CHANNEL_SECRET)
+    try:
+        payload = sample_payload(pnid, "34600999000", "hola", "wamid.s-" + secrets.token_hex(4), "Ana")
+        body = json.dumps(payload).encode()
+        response = await post(http, body, signature(body, CHANNEL_SECRET))
+        assert response.status_code == 200, response.text
+        started = await sdk.wait_for("whatsapp.session_started")
+        session_id = started["session_id"]
+        assert session_id.startswith("wa-") and session_id == started["call_id"]
+        message = await sdk.wait_for("whatsapp.message")
+        assert message["session_id"] == session_id and message["name"] == "Ana"
+        assert message["paused"] is False and message["contact_name"] == "Ana"
+        # session.setHistory(...), exactly as WhatsAppSession sends it.
+        history = [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "noted"}]
+        await sdk.send(
+            {"event": "history.set", "call_id": session_id, "request_id": "rq_1_abc", "messages": history}
+        )
+        updated = await sdk.wait_for("history.updated")
+        assert updated["call_id"] == session_id and updated["request_id"] == "rq_1_abc"
+        assert "error" not in updated and updated["count"] == 2
+        # call.reply("..."), exactly as the SDK's Call sends it.
+        before = len(graph.requests)
+        await sdk.send(
+            {
+                "event": "bot.reply",
+                "call_id": session_id,
+                "message_id": "msg_sdk1",
+                "text": "¡Hola Ana!",
+                "in_reply_to": message["message_id"],
+            }
+        )
+        reply = await sdk.wait_for("whatsapp.response")
+        assert reply["event"] == "whatsapp.response" and reply["session_id"] == session_id
+        request = (await graph.await_requests(before + 1))[before]
+        assert request.body["to"] == "34600999000" and request.body["text"]["body"] == "¡Hola Ana!"
+        # session.getHistory(): what was set, then the reply the agent sent.
+        await sdk.send({"event": "history.get", "call_id": session_id, "request_id": "rq_2_abc"})
+        data = await sdk.wait_for("history.data")
+        assert data["call_id"] == session_id and data["request_id"] == "rq_2_abc"
+        assert [(m["role"], m["content"]) for m in data["messages"]] == [
+            ("user", "earlier"),
+            ("assistant", "noted"),
+            ("assistant", "¡Hola Ana!"),
+        ]
+        # call.hangup ends the conversation under the same id.
+        await sdk.send({"event": "call.hangup", "call_id": session_id})
+        ended = await sdk.wait_for("whatsapp.session_ended")
+        assert ended["session_id"] == session_id and ended["reason"] == "hangup"
+    finally:
+        await sdk.close()
+
+
 async def test_bad_signatures_are_403_and_the_log_says_why_without_secrets(
     server: ServerProcess, http: httpx.AsyncClient
 ) -> None:
