@@ -16,15 +16,17 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from server.core.apikeys import KeyKind, kind_of, parse_bearer
 from server.core.origins import origin_allowed
 from server.core.slugs import agent_slug
-from server.errors import AgentNotOnline, InvalidApiKey
+from server.errors import AgentNotOnline, InvalidApiKey, StoreUnavailable
 from server.services import displace
 from server.services.agents import patterns_of
 from server.services.node import Node
 from server.store.base import AgentRecord
+from server.web import openapi
 
 _NUMBERED = ("phone", "whatsapp", "sms")
 
@@ -107,3 +109,116 @@ async def delete_agent(request: Request) -> Response:
     if not await displace.displace(node, org_id, slug):
         raise AgentNotOnline(shown)
     return JSONResponse({"success": True, "displaced": slug, "org_id": org_id}, headers=_NO_STORE)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/sdk/agent-info/{agent}", agent_info, methods=["GET"]),
+        Route("/api/sdk/agents", list_agents, methods=["GET"]),
+        Route("/api/sdk/agents/{slug}", delete_agent, methods=["DELETE"]),
+    ]
+
+
+_CHANNEL_COUNT = {
+    "type": "object",
+    "required": ["count", "refs"],
+    "properties": {"count": {"type": "integer"}, "refs": {"type": "array", "items": {"type": "string"}}},
+}
+_LISTED = {
+    "type": "object",
+    "required": ["slug", "org_id", "phones", "channels", "active"],
+    "properties": {
+        "slug": {"type": "string"},
+        "org_id": {"type": "string"},
+        "phones": {"type": "array", "items": {"type": "string"}},
+        "channels": {"type": "object", "additionalProperties": _CHANNEL_COUNT},
+        "active": {"type": "boolean"},
+    },
+}
+_KEY_ERRORS = (InvalidApiKey, StoreUnavailable)
+
+
+def operations() -> list[openapi.Operation]:
+    return [
+        openapi.Operation(
+            "get",
+            "/api/sdk/agent-info/{agent}",
+            "A public agent's channel types and numbers (the VoiceWidget's contact menu)",
+            tag="agents",
+            parameters=(
+                openapi.request_header("Origin", "answered with CORS when it matches allowed_origins"),
+            ),
+            ok={
+                "200": openapi.json_ok(
+                    "The agent",
+                    {
+                        "type": "object",
+                        "required": ["agent", "channels"],
+                        "properties": {
+                            "agent": {"type": "string"},
+                            "channels": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["type"],
+                                    "properties": {
+                                        "type": {"type": "string"},
+                                        "numbers": {"type": "array", "items": {"type": "string"}},
+                                        "phone": {"type": "string"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    {"Vary": openapi.header("always `Origin`", required=True)},
+                )
+            },
+            errors=(AgentNotOnline, StoreUnavailable),
+        ),
+        openapi.Operation(
+            "get",
+            "/api/sdk/agents",
+            "The key's org's online agents on every node (`pinecall agents`)",
+            tag="agents",
+            ok={
+                "200": openapi.json_ok(
+                    "The agents",
+                    {
+                        "type": "object",
+                        "required": ["success", "agents", "total", "phone_map", "dev_overrides"],
+                        "properties": {
+                            "success": {"const": True},
+                            "agents": {"type": "array", "items": _LISTED},
+                            "total": {"type": "integer", "minimum": 0},
+                            "phone_map": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "dev_overrides": {"type": "null"},
+                        },
+                    },
+                )
+            },
+            errors=_KEY_ERRORS,
+            security=openapi.SECRET_KEY,
+        ),
+        openapi.Operation(
+            "delete",
+            "/api/sdk/agents/{slug}",
+            "Take one of the org's agents offline wherever its /client socket is",
+            tag="agents",
+            ok={
+                "200": openapi.json_ok(
+                    "Displaced",
+                    {
+                        "type": "object",
+                        "required": ["success", "displaced", "org_id"],
+                        "properties": {
+                            "success": {"const": True},
+                            "displaced": {"type": "string"},
+                            "org_id": {"type": "string"},
+                        },
+                    },
+                )
+            },
+            errors=(*_KEY_ERRORS, AgentNotOnline),
+            security=openapi.SECRET_KEY,
+        ),
+    ]

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import VoiceError
@@ -24,7 +24,7 @@ from server.services import displace
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
-from server.web import agents, demo, errors, health, sdk_extras, tokens, webrtc_http, whatsapp
+from server.web import agents, demo, errors, health, openapi, sdk_extras, tokens, webrtc_http, whatsapp
 from server.web.middleware import AccessLog, CleanPath
 from server.web.middleware import log as access_log
 
@@ -69,13 +69,10 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         WebSocketRoute("/client", client_endpoint),
         WebSocketRoute("/chat/ws", chat_endpoint),
         WebSocketRoute("/ws/stream", stream_endpoint),
-        Route("/api/sdk/agent-info/{agent}", agents.agent_info),
-        Route("/api/sdk/agents", agents.list_agents, methods=["GET"]),
-        Route("/api/sdk/agents/{slug}", agents.delete_agent, methods=["DELETE"]),
+        *agents.routes(),
         *sdk_extras.routes(),
-        Route("/healthz", health.healthz),
-        Route("/readyz", health.readyz),
-        Route("/metrics", health.metrics),
+        *health.routes(),
+        *openapi.routes(openapi.document(operations())),
         WebSocketRoute("/{path:path}", errors.unknown_websocket),  # last: what no route above serves
     ]
     return VoiceApp(
@@ -90,6 +87,21 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         },
         lifespan=lifespan,
     )
+
+
+def operations() -> list[openapi.Operation]:
+    """Every HTTP operation, in route order: what ``/openapi.json`` describes (server/web/openapi.py
+    says how a new route module adds its own)."""
+    return [
+        *tokens.operations(),
+        *webrtc_http.operations(),
+        *demo.operations(),
+        *whatsapp.operations(),
+        *agents.operations(),
+        *sdk_extras.operations(),
+        *health.operations(),
+        *openapi.operations(),
+    ]
 
 
 CLOSE_SECONDS = 10.0

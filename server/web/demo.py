@@ -14,6 +14,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from server.services.node import Node
+from server.web import openapi
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {"demo.js": "text/javascript", "demo.css": "text/css"}
@@ -49,4 +50,38 @@ def routes() -> list[Route]:
     return [
         Route("/demo", page, methods=["GET"]),
         Route("/demo/{name}", asset, methods=["GET"]),
+    ]
+
+
+def operations() -> list[openapi.Operation]:
+    return [
+        openapi.Operation(
+            "get",
+            "/demo",
+            "A small browser client (dev mode only)",
+            tag="debug",
+            ok={"200": openapi.typed_ok("The page", "text/html")},
+            http_errors={404: "not_found"},
+        ),
+        openapi.Operation(
+            "get",
+            "/demo/{name}",
+            "The demo page's script and style (dev mode only)",
+            tag="debug",
+            parameters=(
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": sorted(ASSETS)},
+                },
+            ),
+            ok={
+                "200": {
+                    "description": "The file",
+                    "content": {m: {"schema": {"type": "string"}} for m in sorted(set(ASSETS.values()))},
+                }
+            },
+            http_errors={404: "not_found"},
+        ),
     ]

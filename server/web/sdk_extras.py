@@ -22,8 +22,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from server.errors import NotSupported
+from server.errors import InvalidApiKey, NotSupported, StoreUnavailable
 from server.services.node import Node
+from server.web import openapi
 from server.web.agents import authenticated_org
 from server.web.errors import error_response
 
@@ -124,4 +125,145 @@ def routes() -> list[BaseRoute]:
         WebSocketRoute("/v1/audio/transcriptions/stream", _ws_refusal("transcription")),
         WebSocketRoute("/live/{call_id}/ws", _ws_refusal("live")),
         WebSocketRoute("/api/scribe/ws", scribe),
+    ]
+
+
+_VOICE = {"type": "object", "required": ["id", "name", "provider"], "properties": {"id": {"type": "string"}}}
+_VOICES = openapi.json_ok(
+    "The mock voice",
+    {
+        "type": "object",
+        "required": ["success", "voices"],
+        "properties": {"success": {"const": True}, "voices": {"type": "array", "items": _VOICE}},
+    },
+)
+_KEY_ERRORS = (InvalidApiKey, StoreUnavailable)
+
+
+def _refused(method: str, path: str, need: str) -> openapi.Operation:
+    return openapi.Operation(
+        method,
+        path,
+        f"Not supported: {_NEEDS[need]}",
+        tag="sdk extras",
+        errors=(NotSupported,),
+    )
+
+
+def operations() -> list[openapi.Operation]:
+    return [
+        openapi.Operation(
+            "get",
+            "/api/sdk/phone-numbers",
+            "The numbers of the org's agents' phone channels",
+            tag="sdk extras",
+            ok={
+                "200": openapi.json_ok(
+                    "The numbers",
+                    {
+                        "type": "object",
+                        "required": ["success", "phones"],
+                        "properties": {
+                            "success": {"const": True},
+                            "phones": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["number", "name", "sid", "isSdk", "agent"],
+                                    "properties": {
+                                        "number": {"type": "string"},
+                                        "name": {"type": "string"},
+                                        "sid": {"type": "string"},
+                                        "isSdk": {"type": "boolean"},
+                                        "agent": {"type": "string"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                )
+            },
+            errors=_KEY_ERRORS,
+            security=openapi.SECRET_KEY,
+        ),
+        openapi.Operation(
+            "get",
+            "/api/sdk/voices",
+            "The one voice the mock speaks with",
+            tag="sdk extras",
+            ok={"200": _VOICES},
+        ),
+        openapi.Operation(
+            "get",
+            "/v1/audio/voices",
+            "The one voice the mock speaks with",
+            tag="sdk extras",
+            ok={"200": _VOICES},
+            errors=_KEY_ERRORS,
+            security=openapi.SECRET_KEY,
+        ),
+        openapi.Operation(
+            "get",
+            "/api/memory/search",
+            "Memory search: always empty (no extractor runs here)",
+            tag="sdk extras",
+            ok={
+                "200": openapi.json_ok(
+                    "No hits",
+                    {
+                        "type": "object",
+                        "required": ["success", "hits"],
+                        "properties": {"success": {"const": True}, "hits": {"type": "array", "maxItems": 0}},
+                    },
+                )
+            },
+            errors=_KEY_ERRORS,
+            security=openapi.SECRET_KEY,
+        ),
+        openapi.Operation(
+            "get",
+            "/api/memory/{agent}/{contact}",
+            "A contact's memory: always empty",
+            tag="sdk extras",
+            ok={
+                "200": openapi.json_ok(
+                    "Nothing remembered",
+                    {
+                        "type": "object",
+                        "required": ["success", "contact", "revision", "facts", "memory_md"],
+                        "properties": {
+                            "success": {"const": True},
+                            "contact": {"type": "string"},
+                            "revision": {"type": "integer"},
+                            "facts": {"type": "array"},
+                            "memory_md": {"type": "string"},
+                        },
+                    },
+                )
+            },
+            errors=_KEY_ERRORS,
+            security=openapi.SECRET_KEY,
+        ),
+        openapi.Operation(
+            "delete",
+            "/api/memory/{agent}/{contact}",
+            "Forget a contact: there is nothing to forget",
+            tag="sdk extras",
+            ok={
+                "200": openapi.json_ok(
+                    "Nothing forgotten",
+                    {
+                        "type": "object",
+                        "required": ["success", "forgotten"],
+                        "properties": {"success": {"const": True}, "forgotten": {"const": False}},
+                    },
+                )
+            },
+            errors=_KEY_ERRORS,
+            security=openapi.SECRET_KEY,
+        ),
+        _refused("post", "/v1/audio/speech", "speech"),
+        _refused("post", "/v1/audio/transcriptions", "transcription"),
+        _refused("get", "/api/sdk/twilio-balance", "balance"),
+        _refused("get", "/live/{call_id}/player", "live"),
     ]

@@ -34,7 +34,7 @@ from server.core.apikeys import KeyKind, kind_of, parse_bearer
 from server.core.clientip import client_ip
 from server.core.origins import Origin, matched_pattern, origin_allowed
 from server.core.slugs import agent_slug
-from server.core.tokens import Channel, parse_metadata, parse_scope
+from server.core.tokens import MAX_METADATA_BYTES, SCOPES, Channel, parse_metadata, parse_scope
 from server.errors import (
     AgentNotOnline,
     AgentNotPublic,
@@ -43,11 +43,13 @@ from server.errors import (
     NoCredential,
     OriginNotAllowed,
     RateLimited,
+    StoreUnavailable,
     VoiceError,
 )
 from server.services.agents import patterns_of
 from server.services.node import Node
 from server.store.base import AgentRecord, Hit, agent_key
+from server.web import openapi
 
 log = logging.getLogger("voice.http")
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -380,3 +382,94 @@ def routes() -> list[Route]:
         Route(f"/{c.value}/token", MintEndpoint(c), methods=["GET", "OPTIONS"], name=f"mint_{c.value}")
         for c in Channel
     ]
+
+
+_MINT_ERRORS = (
+    BadRequest,
+    InvalidApiKey,
+    NoCredential,
+    AgentNotPublic,
+    OriginNotAllowed,
+    AgentNotOnline,
+    RateLimited,
+    StoreUnavailable,
+)
+_PREFLIGHT_ERRORS = (BadRequest, NoCredential, AgentNotPublic, OriginNotAllowed, AgentNotOnline, RateLimited)
+_MINTED_SCHEMA = {
+    "type": "object",
+    "required": ["token", "server", "expires_in", "expiresIn"],
+    "properties": {
+        "token": {"type": "string", "description": "single use; present it once to the server named"},
+        "server": {"type": "string", "description": "the node the session must land on"},
+        "expires_in": {"type": "integer", "minimum": 0, "description": "seconds"},
+        "expiresIn": {"type": "integer", "minimum": 0, "description": "the same, for the SDK"},
+    },
+}
+_CORS_HEADERS = {
+    "Vary": openapi.header("always `Origin`", required=True),
+    "Access-Control-Allow-Origin": openapi.header("the request's Origin, when it matches allowed_origins"),
+}
+
+
+def _mint_parameters(channel: Channel) -> tuple[dict[str, Any], ...]:
+    agent = (
+        f"the agent's slug; up to {MAX_STREAM_AGENTS} comma-joined"
+        if channel is Channel.STREAM
+        else "the agent's slug"
+    )
+    return (
+        openapi.query("agent_id", agent, required=True),
+        openapi.query("scope", "what the stream socket may do", {"type": "string", "enum": sorted(SCOPES)}),
+        openapi.query(
+            "call_id", "a call to narrow the token to", {"type": "string", "pattern": _CALL_ID.pattern}
+        ),
+        openapi.query(
+            "metadata",
+            f"a JSON object of at most {MAX_METADATA_BYTES} bytes, sealed into the token "
+            "(secret API key only)",
+        ),
+        openapi.request_header("Origin", "the browser's origin; judged against the agent's allowed_origins"),
+    )
+
+
+def operations() -> list[openapi.Operation]:
+    ops = []
+    for channel in Channel:
+        path = f"/{channel.value}/token"
+        ops += [
+            openapi.Operation(
+                "get",
+                path,
+                f"Mint a single-use {channel.value} token",
+                tag="tokens",
+                description="With a secret API key (a backend), the agent must be one of the key's "
+                "org's online agents, and `metadata` may be sealed. Without one (or with a "
+                "publishable key), the `Origin` must match the agent's `allowed_origins`.",
+                parameters=_mint_parameters(channel),
+                ok={"200": openapi.json_ok("A token", _MINTED_SCHEMA, _CORS_HEADERS)},
+                errors=_MINT_ERRORS,
+                security=openapi.OPTIONAL_KEY,
+            ),
+            openapi.Operation(
+                "options",
+                path,
+                f"CORS preflight of the {channel.value} mint",
+                tag="tokens",
+                description="Judged against the agent named in the same query string.",
+                parameters=(
+                    openapi.query("agent_id", "the agent's slug", required=True),
+                    openapi.request_header("Origin", "the browser's origin", required=True),
+                ),
+                ok={
+                    "204": openapi.empty_ok(
+                        "Allowed",
+                        {
+                            **_CORS_HEADERS,
+                            **{name: openapi.header(value) for name, value in PREFLIGHT_HEADERS.items()},
+                        },
+                    )
+                },
+                errors=(*_PREFLIGHT_ERRORS, StoreUnavailable),
+            ),
+        ]
+    return ops

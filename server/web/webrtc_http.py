@@ -23,15 +23,34 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.core.sessionconfig import MAX_OFFER_BYTES, filter_config, merge_metadata, parse_offer
-from server.core.tokens import Channel
-from server.errors import PayloadTooLarge, VoiceError
+from server.core.sessionconfig import (
+    BROWSER_CONFIG_KEYS,
+    MAX_OFFER_BYTES,
+    MAX_SDP_CHARS,
+    filter_config,
+    merge_metadata,
+    parse_offer,
+)
+from server.core.tokens import MAX_TOKEN_LENGTH, Channel
+from server.errors import (
+    AgentNotOnline,
+    BadRequest,
+    CapacityExceeded,
+    PayloadTooLarge,
+    StoreUnavailable,
+    TokenExpired,
+    TokenInvalid,
+    TokenSpent,
+    TokenWrongChannel,
+    VoiceError,
+)
 from server.log import event
 from server.realtime.rtc import RtcEngine, RtcPeer, validate_offer
 from server.realtime.webrtc_session import WebRtcSession
 from server.services.admission import admit
 from server.services.node import Node
 from server.services.sessions import greeting_frame, greeting_of
+from server.web import openapi
 from server.web.errors import error_response
 
 log = logging.getLogger("voice.webrtc")
@@ -155,4 +174,105 @@ def routes() -> list[Route]:
         Route("/webrtc/ice-servers", ice_servers, methods=["GET", "OPTIONS"]),
         Route("/webrtc/offer", offer, methods=["POST", "OPTIONS"]),
         Route("/debug/sessions", debug_sessions, methods=["GET"]),
+    ]
+
+
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": openapi.header("the request's Origin, or `*` without one", required=True),
+    "Vary": openapi.header("`Origin` when the request had one"),
+}
+_PREFLIGHT = openapi.empty_ok(
+    "Allowed from any origin",
+    {**_CORS_HEADERS, **{name: openapi.header(value) for name, value in PREFLIGHT_HEADERS.items()}},
+)
+_ICE_SERVER = {
+    "type": "object",
+    "required": ["urls"],
+    "properties": {
+        "urls": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "username": {"type": "string"},
+        "credential": {"type": "string"},
+    },
+}
+_OFFER_BODY = {
+    "type": "object",
+    "required": ["sdp", "type", "token"],
+    "properties": {
+        "sdp": {"type": "string", "minLength": 1, "maxLength": MAX_SDP_CHARS},
+        "type": {"const": "offer"},
+        "token": {"type": "string", "minLength": 1, "maxLength": MAX_TOKEN_LENGTH},
+        "config": {
+            "type": "object",
+            "description": f"only {', '.join(sorted(BROWSER_CONFIG_KEYS))} are applied; the rest is dropped",
+        },
+        "metadata": {"type": "object", "description": "under the token's sealed metadata (sealed keys win)"},
+    },
+}
+_ANSWER = {
+    "type": "object",
+    "required": ["sdp", "type", "session_id", "pc_id"],
+    "properties": {
+        "sdp": {"type": "string"},
+        "type": {"const": "answer"},
+        "session_id": {"type": "string"},
+        "pc_id": {"type": "string"},
+    },
+}
+
+
+def operations() -> list[openapi.Operation]:
+    return [
+        openapi.Operation(
+            "get",
+            "/webrtc/ice-servers",
+            "The ICE servers a browser should use (VOICE_ICE_SERVERS)",
+            tag="webrtc",
+            ok={
+                "200": openapi.json_ok(
+                    "RTCIceServer list",
+                    {
+                        "type": "object",
+                        "required": ["iceServers"],
+                        "properties": {"iceServers": {"type": "array", "items": _ICE_SERVER}},
+                    },
+                    _CORS_HEADERS,
+                )
+            },
+        ),
+        openapi.Operation(
+            "options", "/webrtc/ice-servers", "CORS preflight", tag="webrtc", ok={"204": _PREFLIGHT}
+        ),
+        openapi.Operation(
+            "post",
+            "/webrtc/offer",
+            "Open a WebRTC session with a webrtc token (spends it)",
+            tag="webrtc",
+            description="The credential is the single-use token in the body.",
+            body={
+                "required": True,
+                "description": f"at most {MAX_OFFER_BYTES} bytes",
+                "content": {"application/json": {"schema": _OFFER_BODY}},
+            },
+            ok={"200": openapi.json_ok("The SDP answer", _ANSWER, _CORS_HEADERS)},
+            errors=(
+                BadRequest,
+                TokenInvalid,
+                TokenExpired,
+                TokenWrongChannel,
+                AgentNotOnline,
+                TokenSpent,
+                PayloadTooLarge,
+                CapacityExceeded,
+                StoreUnavailable,
+            ),
+        ),
+        openapi.Operation("options", "/webrtc/offer", "CORS preflight", tag="webrtc", ok={"204": _PREFLIGHT}),
+        openapi.Operation(
+            "get",
+            "/debug/sessions",
+            "Live session and peer counts (dev mode only)",
+            tag="debug",
+            ok={"200": openapi.json_ok("Counts", {"type": "object"})},
+            http_errors={404: "not_found"},
+        ),
     ]

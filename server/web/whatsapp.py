@@ -12,8 +12,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.core.whatsapp import SIGNATURE_HEADER
-from server.errors import PayloadTooLarge
+from server.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    SignatureError,
+    SignatureRequired,
+    StoreUnavailable,
+    VerifyTokenInvalid,
+)
 from server.services.node import Node
+from server.web import openapi
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -50,4 +58,59 @@ def routes() -> list[Route]:
     return [
         Route("/whatsapp/webhook", verify, methods=["GET"]),
         Route("/whatsapp/webhook", receive, methods=["POST"]),
+    ]
+
+
+def operations() -> list[openapi.Operation]:
+    return [
+        openapi.Operation(
+            "get",
+            "/whatsapp/webhook",
+            "Meta's subscription check: echoes hub.challenge for a registered verify token",
+            tag="whatsapp",
+            parameters=(
+                openapi.query("hub.mode", "must be `subscribe`", required=True),
+                openapi.query(
+                    "hub.verify_token", "a registered WhatsApp channel's verify token", required=True
+                ),
+                openapi.query(
+                    "hub.challenge",
+                    "1 to 256 letters, digits, '.', '_' or '-'",
+                    {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,256}$"},
+                    required=True,
+                ),
+            ),
+            ok={"200": openapi.typed_ok("The challenge, echoed", "text/plain")},
+            errors=(BadRequest, VerifyTokenInvalid, StoreUnavailable),
+        ),
+        openapi.Operation(
+            "post",
+            "/whatsapp/webhook",
+            "Meta's WhatsApp Cloud API events (signed with the app secret)",
+            tag="whatsapp",
+            description="Once the body's signature verifies, the answer is 200 whatever the body "
+            "holds (Meta disables webhooks that keep failing).",
+            parameters=(
+                openapi.request_header(SIGNATURE_HEADER, "`sha256=` and the hex HMAC-SHA256 of the raw body"),
+            ),
+            body={
+                "required": True,
+                "description": "at most VOICE_WHATSAPP_MAX_BODY bytes; signed as sent",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            ok={
+                "200": openapi.json_ok(
+                    "Accepted",
+                    {
+                        "type": "object",
+                        "required": ["status", "events"],
+                        "properties": {
+                            "status": {"const": "ok"},
+                            "events": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                )
+            },
+            errors=(BadRequest, SignatureError, SignatureRequired, PayloadTooLarge, StoreUnavailable),
+        ),
     ]
