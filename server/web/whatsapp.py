@@ -19,6 +19,7 @@ from server.errors import (
     SignatureRequired,
     StoreUnavailable,
     VerifyTokenInvalid,
+    VoiceError,
 )
 from server.services.node import Node
 from server.web import openapi
@@ -50,7 +51,14 @@ async def verify(request: Request) -> Response:
 async def receive(request: Request) -> Response:
     node: Node = request.app.state.node
     body = await _body(request, node.settings.whatsapp_max_body)
-    accepted = await node.whatsapp.receive(body, request.headers.get(SIGNATURE_HEADER))
+    try:
+        accepted = await node.whatsapp.receive(body, request.headers.get(SIGNATURE_HEADER))
+    except VoiceError as exc:
+        if node.journal is not None:
+            node.journal.note("webhook.verdict", verdict="refused", code=exc.code, channel="whatsapp")
+        raise
+    if node.journal is not None:
+        node.journal.note("webhook.verdict", verdict="accepted", channel="whatsapp", events=accepted)
     return JSONResponse({"status": "ok", "events": accepted})
 
 
