@@ -112,10 +112,12 @@ class SdkAgent:
         asyncio.get_running_loop().create_task(self.sdk.send(frame))
 
     async def close(self) -> None:
+        # The socket first: a cancelled recv (under wait_for) could stay pending while the
+        # connection was open, and the teardown hung after some other test files had run.
+        await self.sdk.close()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
-        await self.sdk.close()
 
 
 @pytest.fixture(scope="module")
