@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,10 +22,13 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from server.core.apikeys import KeyKind
+from server.core.devroute import CONFIG_KEY as DEV_CALLERS
+from server.core.devroute import MAX_CALLERS, parse_callers
 from server.core.slugs import agent_slug
 from server.core.wire import Frame, error_frame, parse_frame, text_field
 from server.errors import BadRequest, CapacityExceeded, InvalidApiKey, RegistrationError, VoiceError
 from server.log import event
+from server.realtime.line_commands import line_create, line_destroy
 from server.realtime.session_commands import session_command
 from server.services.node import Node
 
@@ -35,9 +39,6 @@ PROTOCOL_VERSION = 1
 _NOT_CONFIG = frozenset({"event", "agent_id", "allowed_origins"})
 
 
-MAX_DEV_CALLERS = 100
-
-
 class ClientConnection:
     """One SDK socket: the org it authenticated as, and a serialised writer."""
 
@@ -46,7 +47,8 @@ class ClientConnection:
         self.org_id = org_id
         self.key_id = key_id  # the API key it authenticated with: a revoke closes the socket
         self.conn_id = "conn_" + secrets.token_hex(6)
-        self.dev_callers: tuple[str, ...] = ()  # agent.routeCallers([...]): kept, no phone to route
+        self.dev_callers: tuple[str, ...] = ()  # the last dev.config, for an agent not created yet
+        self.last_agent: str | None = None  # the agent dev.config (which names none) applies to
         self._lock = asyncio.Lock()
 
     async def send(self, frame: Mapping[str, Any]) -> None:
@@ -168,10 +170,12 @@ class _Session:
             "channel.remove": self.channel_remove,
             "channel.configure": self.channel_configure,
             "dev.config": self.dev_config,
-            "session.configure": self.session,
-            "session.pause": self.session,
-            "session.resume": self.session,
-            "session.send": self.session,
+            "session.configure": functools.partial(session_command, node, connection),
+            "session.pause": functools.partial(session_command, node, connection),
+            "session.resume": functools.partial(session_command, node, connection),
+            "session.send": functools.partial(session_command, node, connection),
+            "line.create": functools.partial(line_create, node, connection),
+            "line.destroy": functools.partial(line_destroy, node, connection),
         }
 
     async def dispatch(self, frame: Frame) -> None:
@@ -188,22 +192,20 @@ class _Session:
         await self.connection.send({"event": "pong"})
 
     async def dev_config(self, frame: Frame) -> None:
-        """``agent.routeCallers([...])``: which callers' phone calls reach this dev agent. Sent
-        with no agent id and re-sent on every re-registration, with no answer expected (pinecall/sdk
-        domain/agent.ts). This server places and takes no phone calls, so the list is kept on
-        the connection and changes nothing; it is checked, and accepted quietly instead of the
-        ``unknown event`` error the SDK drew on every reconnect."""
-        callers = frame.get("callers")
-        if (
-            not isinstance(callers, list)
-            or len(callers) > MAX_DEV_CALLERS
-            or not all(isinstance(c, str) and 0 < len(c) <= 32 for c in callers)
-        ):
-            raise BadRequest(f"dev.config needs 'callers': a list of at most {MAX_DEV_CALLERS} phone numbers")
+        """``agent.routeCallers([...])``: only these callers reach the agent (core/devroute.py).
+        The SDK sends it with no agent id, right after that agent's ``channel.add`` frames on
+        every (re-)registration (pinecall/sdk domain/agent.ts ``_flushPending``), with no answer
+        expected: it applies to the agent this connection registered or configured last (or
+        names in ``agent_id``), stored in the agent's record so the WhatsApp path on any node
+        honours it; sent before any agent, it waits for the next ``agent.create``."""
+        callers = parse_callers(frame.get("callers"))
+        if callers is None:
+            raise BadRequest(f"dev.config needs 'callers': a list of at most {MAX_CALLERS} phone numbers")
         self.connection.dev_callers = tuple(callers)
-
-    async def session(self, frame: Frame) -> None:
-        await session_command(self.node, self.connection, frame)
+        target = frame.get("agent_id", self.connection.last_agent)
+        if target is not None:
+            slug = agent_slug(target)
+            await self.node.registry.configure(self.connection, slug, {DEV_CALLERS: callers})
 
     async def ignore(self, frame: Frame) -> None:
         return None
@@ -221,6 +223,9 @@ class _Session:
         ):
             raise CapacityExceeded("This server holds as many agents as it can; try another node")
         config = {k: v for k, v in frame.items() if k not in _NOT_CONFIG}
+        if self.connection.dev_callers and self.connection.last_agent is None:
+            config[DEV_CALLERS] = list(self.connection.dev_callers)  # a dev.config sent before it
+        self.connection.last_agent = slug
         record = await self.node.registry.register(
             self.connection, slug, config, frame.get("allowed_origins")
         )
@@ -229,12 +234,14 @@ class _Session:
 
     async def agent_configure(self, frame: Frame) -> None:
         slug, raw = self._agent(frame)
+        self.connection.last_agent = slug
         config = {k: v for k, v in frame.items() if k not in _NOT_CONFIG}
         await self.node.registry.configure(self.connection, slug, config)
         await self.connection.send({"event": "agent.configured", "agent_id": raw})
 
     async def channel_add(self, frame: Frame) -> None:
         slug, raw = self._agent(frame)
+        self.connection.last_agent = slug
         record = await self.node.registry.add_channel(self.connection, slug, frame)
         kind, ref = frame.get("type"), frame.get("ref")
         await self.connection.send({"event": "channel.added", "agent_id": raw, "type": kind, "ref": ref})

@@ -415,6 +415,21 @@ class AgentRegistry:
             await self._store.release_name(channel_name(kind, ref), agent_key(record.org_id, agent_id))
         return await self._update(connection, replace(record, channels=channels))
 
+    def withdraw_pending(self, connection: AgentConnection, agent_id: str) -> None:
+        """Drop ``connection``'s pending registration of ``agent_id`` (a refused line does not
+        take over later)."""
+        key = agent_key(connection.org_id, agent_id)
+        pending = self._pending.get(key)
+        if pending is not None and pending.connection is connection:
+            del self._pending[key]
+
+    async def unregister(self, connection: AgentConnection, agent_id: str) -> AgentRecord:
+        """Take one agent of ``connection`` offline (``line.destroy``); the socket goes on."""
+        record = self._owned(connection, agent_id)
+        del self._local[agent_key(record.org_id, agent_id)]
+        await self._forget(record)
+        return record
+
     async def disconnect(self, connection: AgentConnection) -> list[AgentRecord]:
         """The socket closed: every agent it held goes offline."""
         for key in [k for k, p in self._pending.items() if p.connection is connection]:

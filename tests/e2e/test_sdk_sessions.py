@@ -16,12 +16,14 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from server.core.whatsapp import sample_payload, sign
 from tests.realtime.peer import BrowserPeer
 from tests.support.procs import ServerProcess, start_server
 from tests.support.sdk import SdkClient
 
 KEY = "sk_test_sessions_0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+WA_SECRET = "sessions-wa-app-secret"
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +244,84 @@ async def test_webrtc_sessions_are_configured_paused_and_spoken_to(
         assert all(e.get("message_id") != "ai-1" for e in peer.seen)
     finally:
         await peer.close()
+
+
+async def whatsapp_agent(server: ServerProcess, pnid: str) -> tuple[SdkClient, str]:
+    sdk = await SdkClient.connect(server.url, KEY)
+    name = "wa-dev-" + uuid.uuid4().hex[:6]
+    await sdk.create_agent(name)
+    channel = {"type": "whatsapp", "ref": pnid, "accessToken": "t", "appSecret": WA_SECRET}
+    await sdk.send({"event": "channel.add", "agent_id": name, **channel})
+    assert (await sdk.wait_for("channel.added"))["event"] == "channel.added"
+    return sdk, name
+
+
+async def whatsapp_from(http: httpx.AsyncClient, pnid: str, sender: str, text: str) -> None:
+    body = json.dumps(sample_payload(pnid, sender, text, "wamid." + uuid.uuid4().hex)).encode()
+    response = await http.post(
+        "/whatsapp/webhook", content=body, headers={"X-Hub-Signature-256": sign(body, WA_SECRET)}
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_route_callers_lets_only_the_routed_callers_reach_the_dev_agent(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    """agent.routeCallers(["+34600111222"]) sends dev.config {callers} with no agent id right after
+    the agent's channel.add (pinecall/sdk domain/agent.ts _flushPending); from then on WhatsApp
+    messages from other senders do not reach the agent, the routed caller's do (number digits
+    compared: WhatsApp names the sender without '+'); an empty list routes everyone again."""
+    pnid = str(200000 + uuid.uuid4().int % 700000)
+    sdk, name = await whatsapp_agent(server, pnid)
+    await sdk.send({"event": "dev.config", "callers": ["+34600111222"]})
+    await sdk.send({"event": "ping"})
+    assert await sdk.recv() == {"event": "pong"}  # no answer expected, none sent
+    await whatsapp_from(http, pnid, "15550009999", "unrouted-words-41")
+    await whatsapp_from(http, pnid, "34600111222", "routed")
+    message = await sdk.wait_for("whatsapp.message")
+    assert (message["text"], message["from"]) == ("routed", "34600111222")
+    await sdk.send({"event": "dev.config", "callers": []})
+    await sdk.send({"event": "ping"})
+    await sdk.wait_for("pong")
+    await whatsapp_from(http, pnid, "15550009999", "everyone again")
+    assert (await sdk.wait_for("whatsapp.message"))["text"] == "everyone again"
+    await sdk.close()
+    assert "unrouted-words-41" not in server.log()  # the message text is not logged either
+    assert "whatsapp message not routed" in server.log()
+
+
+async def test_line_create_is_answered_line_created_and_a_held_number_line_conflict(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    """pc.line(number) sends line.create {number, config} and waits for line.created (its ready);
+    a number another live connection holds is line.error LINE_CONFLICT, a model key or a
+    non-E.164 number LINE_CONFIG_ERROR (the SDK's codes, domain/line.ts); line.destroy frees it."""
+    number = "+1555" + str(1000000 + uuid.uuid4().int % 8999999)
+    first = await SdkClient.connect(server.url, KEY)
+    await first.send({"event": "line.create", "number": number, "config": {"stt": "soniox", "voice": "mock"}})
+    assert await first.wait_for("line.created") == {
+        "event": "line.created",
+        "number": number,
+        "agent_id": "line:" + number,
+    }
+    phones = (await http.get("/api/sdk/phone-numbers", headers=AUTH)).json()["phones"]
+    assert number in [p["number"] for p in phones]
+    second = await SdkClient.connect(server.url, KEY)
+    await second.send({"event": "line.create", "number": number, "config": {}})
+    conflict = await second.wait_for("line.created", "line.error")
+    assert (conflict["event"], conflict["number"], conflict["code"]) == (
+        "line.error",
+        number,
+        "LINE_CONFLICT",
+    )
+    await second.send({"event": "line.create", "number": "+15550001234", "config": {"prompt": "hi"}})
+    assert (await second.wait_for("line.error"))["code"] == "LINE_CONFIG_ERROR"
+    await second.send({"event": "line.create", "number": "555-0100", "config": {}})
+    assert (await second.wait_for("line.error"))["code"] == "LINE_CONFIG_ERROR"
+
+    await first.send({"event": "line.destroy", "number": number})
+    assert (await first.wait_for("line.destroyed"))["number"] == number
+    await second.send({"event": "line.create", "number": number, "config": {}})
+    assert (await second.wait_for("line.created", "line.error"))["event"] == "line.created"
+    await first.close()
+    await second.close()
