@@ -272,7 +272,7 @@ async def test_route_callers_lets_only_the_routed_callers_reach_the_dev_agent(
     messages from other senders do not reach the agent, the routed caller's do (number digits
     compared: WhatsApp names the sender without '+'); an empty list routes everyone again."""
     pnid = str(200000 + uuid.uuid4().int % 700000)
-    sdk, name = await whatsapp_agent(server, pnid)
+    sdk, _ = await whatsapp_agent(server, pnid)
     await sdk.send({"event": "dev.config", "callers": ["+34600111222"]})
     await sdk.send({"event": "ping"})
     assert await sdk.recv() == {"event": "pong"}  # no answer expected, none sent
