@@ -23,6 +23,7 @@ the code as reason on WebSockets)::
     ├── ScopeForbidden             403 scope_forbidden
     ├── CallNotFound               404 call_not_found
     ├── SessionNotFound            404 session_not_found
+    ├── DialFailed                 400 dial_failed (sent as call.error)
     ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
     ├── NotSupported               501 not_supported
     ├── CapacityExceeded           503 at_capacity
@@ -169,6 +170,13 @@ class SessionNotFound(VoiceError):
     """``session.*`` names a session of the agent that is live nowhere."""
 
     status, code, ws_close_code, frame_code = 404, "session_not_found", 1008, "SESSION_NOT_FOUND"
+
+
+class DialFailed(VoiceError):
+    """A ``call.dial`` refused before it rings: answered ``call.error {error, code}``, on which
+    the SDK's ``agent.dial()`` rejects at once (an ``error`` frame reaches only the client)."""
+
+    status, code, ws_close_code, frame_code = 400, "dial_failed", 1008, "DIAL_FAILED"
 
 
 class SlowConsumer(VoiceError):

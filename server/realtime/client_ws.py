@@ -28,7 +28,7 @@ from server.core.slugs import agent_slug
 from server.core.wire import Frame, error_frame, parse_frame, text_field
 from server.errors import BadRequest, CapacityExceeded, InvalidApiKey, RegistrationError, VoiceError
 from server.log import event
-from server.realtime.line_commands import line_create, line_destroy
+from server.realtime.phone_commands import call_dial, line_create, line_destroy
 from server.realtime.session_commands import session_command
 from server.services.node import Node
 
@@ -176,6 +176,7 @@ class _Session:
             "session.send": functools.partial(session_command, node, connection),
             "line.create": functools.partial(line_create, node, connection),
             "line.destroy": functools.partial(line_destroy, node, connection),
+            "call.dial": functools.partial(call_dial, node, connection),
         }
 
     async def dispatch(self, frame: Frame) -> None:

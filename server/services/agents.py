@@ -322,6 +322,10 @@ class AgentRegistry:
                 raise RegistrationError(f"{channel['type']} channel '{ref}' belongs to another agent")
         await _touch_listings(self._store, [record], self._listing_ttl)
 
+    def owned(self, connection: AgentConnection, agent_id: str) -> AgentRecord:
+        """The record of ``agent_id`` if ``connection`` holds it; RegistrationError otherwise."""
+        return self._owned(connection, agent_id)
+
     def _owned(self, connection: AgentConnection, agent_id: str) -> AgentRecord:
         entry = self._local.get(agent_key(connection.org_id, agent_id))
         if entry is None or entry[0] is not connection:

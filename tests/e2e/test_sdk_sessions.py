@@ -325,3 +325,105 @@ async def test_line_create_is_answered_line_created_and_a_held_number_line_confl
     assert (await second.wait_for("line.created", "line.error"))["event"] == "line.created"
     await first.close()
     await second.close()
+
+
+async def dialer(server: ServerProcess) -> tuple[SdkClient, str, str]:
+    sdk = await SdkClient.connect(server.url, KEY)
+    name = "dialer-" + uuid.uuid4().hex[:6]
+    number = "+1555" + str(1000000 + uuid.uuid4().int % 8999999)
+    await sdk.create_agent(name)
+    await sdk.send({"event": "channel.add", "agent_id": name, "type": "phone", "ref": number})
+    await sdk.wait_for("channel.added")
+    return sdk, name, number
+
+
+def dial_frame(name: str, to: str, caller: str, **extra: Any) -> dict[str, Any]:
+    # As agent.dial({to, from, greeting?}) sends it (pinecall/sdk src/domain/agent.ts).
+    return {"event": "call.dial", "agent_id": name, "to": to, "from": caller, **extra}
+
+
+@pytest.mark.parametrize(
+    "to,reason", [("+15005550001", "busy"), ("+15005550002", "no-answer"), ("+15005550003", "failed")]
+)
+async def test_a_dial_that_is_not_answered_ends_with_its_reason(
+    server: ServerProcess, to: str, reason: str
+) -> None:
+    """call.dialing, then call.ended {reason} without call.started: the SDK's dial() rejects with
+    the reason (lifecycle.ts builds a Call for an outbound call that never connected)."""
+    sdk, name, number = await dialer(server)
+    await sdk.send(dial_frame(name, to, number))
+    dialing = await sdk.wait_for("call.dialing")
+    assert (dialing["agent_id"], dialing["from"], dialing["to"], dialing["direction"]) == (
+        name,
+        number,
+        to,
+        "outbound",
+    )
+    ended = await sdk.wait_for("call.ended", "call.started")
+    assert (ended["event"], ended["call_id"], ended["reason"], ended["direction"]) == (
+        "call.ended",
+        dialing["call_id"],
+        reason,
+        "outbound",
+    )
+    await sdk.close()
+
+
+async def test_an_answered_dial_is_a_live_call_the_mock_callee_talks_on(server: ServerProcess) -> None:
+    """Any other number answers: call.started {direction: outbound, transport: phone} (dial()
+    resolves), the greeting and each bot.reply are spoken (bot.speaking, bot.finished,
+    message.confirmed) and the callee answers with the mock agent's speech; call.hangup ends it."""
+    sdk, name, number = await dialer(server)
+    await sdk.send(dial_frame(name, "+14155550123", number, greeting="Hello from the dentist."))
+    dialing = await sdk.wait_for("call.dialing")
+    started = await sdk.wait_for("call.started")
+    assert started["call_id"] == dialing["call_id"] and started["call_id"].startswith("CA")
+    assert (started["from"], started["to"], started["direction"], started["transport"]) == (
+        number,
+        "+14155550123",
+        "outbound",
+        "phone",
+    )
+    call_id = started["call_id"]
+    assert (await sdk.wait_for("bot.speaking"))["text"] == "Hello from the dentist."
+    assert (await sdk.wait_for("user.message"))["text"] == "You said: Hello from the dentist."
+    await sdk.send(
+        {"event": "bot.reply", "call_id": call_id, "message_id": "m-1", "text": "Is Tuesday fine?"}
+    )
+    assert (await sdk.wait_for("bot.speaking"))["message_id"] == "m-1"
+    finished = await sdk.wait_for("bot.finished")
+    assert finished["message_id"] == "m-1" and finished["duration_ms"] >= 0
+    confirmed = await sdk.wait_for("message.confirmed")
+    assert (confirmed["message_id"], confirmed["text"]) == ("m-1", "Is Tuesday fine?")
+    said = await sdk.wait_for("user.message")
+    assert (said["call_id"], said["text"]) == (call_id, "You said: Is Tuesday fine?")
+    await sdk.send({"event": "call.hangup", "call_id": call_id})
+    ended = await sdk.wait_for("call.ended")
+    assert (ended["call_id"], ended["reason"], ended["direction"]) == (call_id, "hangup", "outbound")
+    await sdk.send({"event": "bot.reply", "call_id": call_id, "text": "still there?"})
+    assert (await sdk.wait_for("pong"))["code"] == "CALL_NOT_FOUND"  # ended cleanly: gone
+    await sdk.close()
+
+
+async def test_the_hang_up_number_answers_then_hangs_up(server: ServerProcess) -> None:
+    sdk, name, number = await dialer(server)
+    await sdk.send(dial_frame(name, "+15005550004", number))
+    started = await sdk.wait_for("call.started")
+    loop = asyncio.get_running_loop()
+    at = loop.time()
+    ended = await sdk.wait_for("call.ended")
+    assert (ended["call_id"], ended["reason"]) == (started["call_id"], "hangup")
+    assert 0.2 <= loop.time() - at <= 2.0
+    await sdk.close()
+
+
+async def test_a_dial_refused_before_it_rings_is_call_error(server: ServerProcess) -> None:
+    """A bad 'to' or a 'from' that is not one of the agent's numbers: call.error {error, code},
+    which the SDK turns into the call.ended its dial() rejects on at once (not a 30 s timeout)."""
+    sdk, name, number = await dialer(server)
+    for frame in (dial_frame(name, "555-0100", number), dial_frame(name, "+14155550123", "+19995550000")):
+        await sdk.send(frame)
+        refused = await sdk.wait_for("call.error", "call.dialing")
+        assert (refused["event"], refused["code"], refused["agent_id"]) == ("call.error", "DIAL_FAILED", name)
+        assert refused["error"]
+    await sdk.close()

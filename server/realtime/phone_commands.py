@@ -1,5 +1,6 @@
-"""``/client`` phone lines: ``line.create {number, config}`` and ``line.destroy {number}``
-(pinecall/sdk src/domain/line.ts ``_register``/``destroy``, dispatch/handlers/line.ts).
+"""``/client`` phone commands: ``call.dial`` (simulated, services/dialer.py), and phone lines:
+``line.create {number, config}`` and ``line.destroy {number}`` (pinecall/sdk src/domain/line.ts
+``_register``/``destroy``, dispatch/handlers/line.ts).
 
 A line is registered like an agent, under the id ``line:<number>`` the SDK routes its events
 by, with a ``phone`` channel on the number: the number is then held by one line or agent at a
@@ -15,8 +16,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from server.core.wire import Frame
-from server.errors import AgentInUse, RegistrationError
+from server.core.slugs import agent_slug
+from server.core.wire import Frame, error_frame
+from server.errors import AgentInUse, CapacityExceeded, DialFailed, RegistrationError
 from server.services.agents import AgentConnection
 from server.services.node import Node
 
@@ -82,3 +84,18 @@ async def line_destroy(node: Node, connection: AgentConnection, frame: Frame) ->
         return
     await node.registry.unregister(connection, line_id(number))
     await connection.send({"event": "line.destroyed", "number": number, "agent_id": line_id(number)})
+
+
+async def call_dial(node: Node, connection: AgentConnection, frame: Frame) -> None:
+    """``agent.dial({to, from})``. A refusal is ``call.error {error, code}``: the SDK turns it
+    into the ``call.ended`` its ``dial()`` rejects on (dispatch/handlers/lifecycle.ts), where an
+    ``error`` frame would only reach the client and leave ``dial()`` waiting 30 s."""
+    raw = frame.get("agent_id")
+    slug = agent_slug(raw)
+    record = node.registry.owned(connection, slug)
+    phones = [str(c["ref"]) for c in record.channels.values() if c.get("type") == "phone" and c.get("ref")]
+    try:
+        await node.dialer.dial(connection.org_id, slug, phones, frame)
+    except (DialFailed, CapacityExceeded) as exc:
+        refused = error_frame(exc.detail, exc.frame_code, agent_id=raw, to=frame.get("to"))
+        await connection.send({**refused, "event": "call.error"})
