@@ -28,6 +28,7 @@ from server.core.slugs import agent_slug
 from server.core.wire import Frame, error_frame, parse_frame, text_field
 from server.errors import BadRequest, CapacityExceeded, InvalidApiKey, RegistrationError, VoiceError
 from server.log import event
+from server.realtime.client_chat import ClientChats
 from server.realtime.phone_commands import call_dial, line_create, line_destroy
 from server.realtime.session_commands import session_command
 from server.services.node import Node
@@ -145,6 +146,10 @@ async def client_endpoint(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        try:
+            await session.chats.close()
+        except Exception:
+            log.exception("ending the llm.chat sessions of %s failed", connection.conn_id)
         gone = await node.connection_closed(connection)
         event(
             log,
@@ -161,6 +166,7 @@ class _Session:
     def __init__(self, node: Node, connection: ClientConnection) -> None:
         self.node = node
         self.connection = connection
+        self.chats = ClientChats(node, connection)  # llm.chat: the SDK's ChatClient
         self.handlers: dict[str, Callable[[Frame], Awaitable[None]]] = {
             "ping": self.ping,
             "pong": self.ignore,
@@ -177,6 +183,7 @@ class _Session:
             "line.create": functools.partial(line_create, node, connection),
             "line.destroy": functools.partial(line_destroy, node, connection),
             "call.dial": functools.partial(call_dial, node, connection),
+            "llm.chat": self.chats.turn,
         }
 
     async def dispatch(self, frame: Frame) -> None:

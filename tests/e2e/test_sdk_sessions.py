@@ -34,6 +34,7 @@ def server() -> Iterator[ServerProcess]:
             "VOICE_API_KEYS": f"acme:{KEY}",
             "VOICE_RATE_LIMIT_KEY": "0",
             "VOICE_RTC_HOST_ADDRESSES": "127.0.0.1",
+            "VOICE_CHAT_REPLY_SECONDS": "2",
         }
     )
     yield proc
@@ -427,3 +428,60 @@ async def test_a_dial_refused_before_it_rings_is_call_error(server: ServerProces
         assert (refused["event"], refused["code"], refused["agent_id"]) == ("call.error", "DIAL_FAILED", name)
         assert refused["error"]
     await sdk.close()
+
+
+def llm_chat(session_id: str, agent_id: str, text: str) -> dict[str, Any]:
+    # As ChatClient.sendMessage sends it (pinecall/sdk src/api/chat-client.ts).
+    return {"event": "llm.chat", "session_id": session_id, "agent_id": agent_id, "text": text.strip()}
+
+
+async def test_llm_chat_is_a_chat_turn_with_the_named_agent(
+    server: ServerProcess, agent: tuple[SdkClient, str]
+) -> None:
+    """ChatClient (pinecall chat / pinecall test) on its own /client socket: each llm.chat is a
+    user turn of one chat session with the agent (llm.chat.started, chat.message on the agent's
+    side); the agent's reply comes back as llm.chat.started {model}, llm.chat.token {token, text}
+    and llm.chat.done {text, model}, the events ChatClient.waitForResponse reads."""
+    sdk, name = agent
+    client = await SdkClient.connect(server.url, KEY)
+    session_id = "test-" + uuid.uuid4().hex[:8]
+    await client.send(llm_chat(session_id, name, " What is your name? "))
+    opened = await sdk.wait_for("llm.chat.started")
+    said = await sdk.wait_for("chat.message")
+    assert said["call_id"] == opened["call_id"] and said["text"] == "What is your name?"
+    await sdk.send(
+        {
+            "event": "bot.reply",
+            "call_id": said["call_id"],
+            "message_id": "r1",
+            "text": "I am the agent, hello.",
+        }
+    )
+    started = await client.wait_for("llm.chat.started")
+    assert (started["session_id"], started["model"]) == (session_id, "mock")
+    tokens = ""
+    while True:
+        frame = await client.wait_for("llm.chat.token", "llm.chat.done")
+        if frame["event"] == "llm.chat.done":
+            break
+        tokens += frame["token"]
+        assert frame["text"] == tokens  # the text so far, as the hosted stream carries it
+    assert (frame["text"], frame["model"]) == ("I am the agent, hello.", "mock") and tokens == frame["text"]
+
+    await client.send(llm_chat(session_id, name, "And again?"))  # same session: same call
+    again = await sdk.wait_for("chat.message", "llm.chat.started")
+    assert (again["event"], again["call_id"]) == ("chat.message", said["call_id"])
+    await sdk.send({"event": "bot.reply", "call_id": said["call_id"], "text": "Yes."})
+    assert (await client.wait_for("llm.chat.done"))["text"] == "Yes."
+
+    await client.send(llm_chat("test-other", "nobody-online-here", "hi"))
+    refused = await client.wait_for("llm.chat.error")
+    assert refused["session_id"] == "test-other" and "nobody-online-here" in refused["error"]
+    await client.send(llm_chat(session_id, name, "no answer this time"))
+    await sdk.wait_for("chat.message")
+    timed_out = await client.wait_for("llm.chat.error", timeout=10)  # VOICE_CHAT_REPLY_SECONDS
+    assert timed_out["session_id"] == session_id and timed_out["code"] == "reply_timeout"
+
+    await client.close()
+    ended = await sdk.wait_for("call.ended")
+    assert (ended["call_id"], ended["reason"]) == (said["call_id"], "client_closed")
