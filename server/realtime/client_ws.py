@@ -26,7 +26,14 @@ from server.core.devroute import CONFIG_KEY as DEV_CALLERS
 from server.core.devroute import MAX_CALLERS, parse_callers
 from server.core.slugs import agent_slug
 from server.core.wire import Frame, error_frame, parse_frame, text_field
-from server.errors import BadRequest, CapacityExceeded, InvalidApiKey, RegistrationError, VoiceError
+from server.errors import (
+    BadRequest,
+    CapacityExceeded,
+    InvalidApiKey,
+    PayloadTooLarge,
+    RegistrationError,
+    VoiceError,
+)
 from server.log import event
 from server.realtime.client_chat import ClientChats
 from server.realtime.phone_commands import call_dial, line_create, line_destroy
@@ -97,6 +104,23 @@ async def _handshake(node: Node, websocket: WebSocket) -> ClientConnection | Non
     return ClientConnection(websocket, key.org_id, key.key_id)
 
 
+def _check_size(raw: str | bytes | None, frame: Frame, limit: int) -> None:
+    """Refuse a frame over ``VOICE_CLIENT_FRAME_BYTES`` with an error frame naming the bound
+    (issue 18 item 8: a 1009 close made the SDK reconnect and re-send it every second). An
+    ``agent.create`` is refused as REGISTRATION_ERROR, on which the SDK fails ``agent.ready``
+    at once (dispatch/handlers/error.ts); anything else is PAYLOAD_TOO_LARGE."""
+    if not isinstance(raw, str) or len(raw) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
+        return
+    size = len(raw.encode("utf-8", "surrogateescape"))
+    if size <= limit:
+        return
+    detail = (
+        f"{frame['event']} frame of {size} bytes is over this server's /client limit of {limit} "
+        "bytes (VOICE_CLIENT_FRAME_BYTES); shorten the prompt, tools or config"
+    )
+    raise RegistrationError(detail) if frame["event"] == "agent.create" else PayloadTooLarge(detail)
+
+
 async def client_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     await websocket.accept()
@@ -126,7 +150,8 @@ async def client_endpoint(websocket: WebSocket) -> None:
             raw = await _receive(websocket)
             frame: Frame | None = None
             try:
-                frame = parse_frame(raw if isinstance(raw, str) else None, node.settings.max_frame_bytes)
+                frame = parse_frame(raw if isinstance(raw, str) else None, node.settings.ws_max_frame_bytes)
+                _check_size(raw, frame, node.settings.client_frame_bytes)
                 await session.dispatch(frame)
             except VoiceError as exc:
                 agent_id = frame.get("agent_id") if frame is not None else None

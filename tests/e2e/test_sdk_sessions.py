@@ -485,3 +485,29 @@ async def test_llm_chat_is_a_chat_turn_with_the_named_agent(
     await client.close()
     ended = await sdk.wait_for("call.ended")
     assert (ended["call_id"], ended["reason"]) == (said["call_id"], "client_closed")
+
+
+async def test_registration_frames_up_to_a_mebibyte_register_and_larger_ones_get_an_error_frame(
+    server: ServerProcess,
+) -> None:
+    """Issue 18 item 8: an agent.create with a long prompt (here 900 KB) registers; one over
+    VOICE_CLIENT_FRAME_BYTES (1 MiB) is REGISTRATION_ERROR naming the bound (the SDK fails
+    agent.ready on it at once), any other frame over it PAYLOAD_TOO_LARGE; the socket stays open
+    (a 1009 close made the SDK reconnect and re-send the frame every second)."""
+    sdk = await SdkClient.connect(server.url, KEY)
+    name = "big-" + uuid.uuid4().hex[:6]
+    created = await sdk.create_agent(
+        name, prompt="p" * 900_000, tools=[{"name": "t", "description": "d" * 1000}]
+    )
+    assert created == {"event": "agent.created", "agent_id": name}
+    other = "big-" + uuid.uuid4().hex[:6]
+    await sdk.send({"event": "agent.create", "agent_id": other, "prompt": "p" * 1_200_000})
+    refused = await sdk.wait_for("agent.created")
+    assert (refused["event"], refused["code"], refused["agent_id"]) == ("error", "REGISTRATION_ERROR", other)
+    assert "1048576" in refused["error"] and "VOICE_CLIENT_FRAME_BYTES" in refused["error"]
+    await sdk.send({"event": "agent.configure", "agent_id": name, "prompt": "q" * 1_100_000})
+    too_large = await sdk.wait_for("agent.configured")
+    assert (too_large["code"], too_large["agent_id"]) == ("PAYLOAD_TOO_LARGE", name)
+    await sdk.send({"event": "ping"})
+    assert await sdk.wait_for("pong") == {"event": "pong"}
+    await sdk.close()
