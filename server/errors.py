@@ -35,6 +35,7 @@ the code as reason on WebSockets)::
         ├── ChannelNotFound        (CHANNEL_NOT_FOUND)
         ├── InvalidOriginPattern
         └── AgentInUse             (AGENT_IN_USE)
+            └── AgentConflictFatal (AGENT_CONFLICT_FATAL)
 
 Only :mod:`server.web.app` and the WebSocket endpoints turn these into bytes.
 """
@@ -258,3 +259,14 @@ class AgentInUse(RegistrationError):
         if self.retry_after_s is not None:
             fields["retry_after_s"] = self.retry_after_s
         return fields
+
+
+class AgentConflictFatal(AgentInUse):
+    """A retried registration of an agent whose holder, a live socket on this node, kept
+    talking since the first refusal: the SDK stops retrying on this code and the pending
+    registration is dropped (no silent takeover later)."""
+
+    code, frame_code = "agent_conflict_fatal", "AGENT_CONFLICT_FATAL"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, holder_alive=True)

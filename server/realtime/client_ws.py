@@ -57,6 +57,7 @@ class ClientConnection:
         self.conn_id = "conn_" + secrets.token_hex(6)
         self.dev_callers: tuple[str, ...] = ()  # the last dev.config, for an agent not created yet
         self.last_agent: str | None = None  # the agent dev.config (which names none) applies to
+        self.frames_received = 0  # liveness a conflicting registration reads (AGENT_CONFLICT_FATAL)
         self._lock = asyncio.Lock()
 
     async def send(self, frame: Mapping[str, Any]) -> None:
@@ -148,6 +149,7 @@ async def client_endpoint(websocket: WebSocket) -> None:
     try:
         while True:
             raw = await _receive(websocket)
+            connection.frames_received += 1
             frame: Frame | None = None
             try:
                 frame = parse_frame(raw if isinstance(raw, str) else None, node.settings.ws_max_frame_bytes)

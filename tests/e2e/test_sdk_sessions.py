@@ -511,3 +511,39 @@ async def test_registration_frames_up_to_a_mebibyte_register_and_larger_ones_get
     await sdk.send({"event": "ping"})
     assert await sdk.wait_for("pong") == {"event": "pong"}
     await sdk.close()
+
+
+async def test_a_retried_registration_against_a_holder_that_keeps_talking_is_fatal(
+    server: ServerProcess,
+) -> None:
+    """Issue 18 item 9, the fatal variant: a retry of agent.create while the holder's socket has
+    spoken since the first refusal (a live SDK pings every 30 s) is AGENT_CONFLICT_FATAL, on
+    which the SDK stops retrying (dispatch/handlers/error.ts); the server drops the pending
+    registration too, so it does not take over silently when the holder goes. A retry while the
+    holder has been silent (maybe a dead peer not yet noticed) stays AGENT_IN_USE."""
+    name = "held-" + uuid.uuid4().hex[:6]
+    holder = await SdkClient.connect(server.url, KEY)
+    await holder.create_agent(name)
+    newcomer = await SdkClient.connect(server.url, KEY)
+    await newcomer.send({"event": "agent.create", "agent_id": name})
+    first = await newcomer.wait_for("agent.created")
+    assert (first["code"], first["holder_alive"], first["retry_after_s"]) == ("AGENT_IN_USE", True, 30)
+    await newcomer.send({"event": "agent.create", "agent_id": name})  # the holder said nothing
+    assert (await newcomer.wait_for("agent.created"))["code"] == "AGENT_IN_USE"
+
+    await holder.send({"event": "ping"})  # the SDK's 30 s keep-alive
+    assert await holder.recv() == {"event": "pong"}
+    await newcomer.send({"event": "agent.create", "agent_id": name})
+    fatal = await newcomer.wait_for("agent.created")
+    assert (fatal["event"], fatal["code"], fatal["agent_id"], fatal["holder_alive"]) == (
+        "error",
+        "AGENT_CONFLICT_FATAL",
+        name,
+        True,
+    )
+    await holder.close()
+    with pytest.raises(TimeoutError):  # a registration beat (10 s TTL / 3) passes: no takeover
+        await newcomer.wait_for("agent.created", timeout=4.5)
+    await newcomer.send({"event": "agent.create", "agent_id": name})  # a new attempt succeeds
+    assert await newcomer.wait_for("agent.created") == {"event": "agent.created", "agent_id": name}
+    await newcomer.close()
