@@ -128,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         http=guarded_http_protocol(settings.header_timeout, settings.max_header_bytes),
         log_config=None,
         access_log=False,  # our AccessLog middleware logs requests, with tokens redacted
-        ws_max_size=settings.max_frame_bytes,
+        ws_max_size=settings.ws_max_frame_bytes,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         # No permessage-deflate: our frames are small JSON, and a deflate context per socket costs

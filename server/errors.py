@@ -28,6 +28,7 @@ the code as reason on WebSockets)::
     │   └── InvalidAdminKey        403 invalid_admin_key
     ├── SessionNotFound            404 session_not_found
     ├── FaultNotFound              404 fault_not_found
+    ├── DialFailed                 400 dial_failed (sent as call.error)
     ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
     ├── NotSupported               501 not_supported
     ├── CapacityExceeded           503 at_capacity
@@ -39,6 +40,7 @@ the code as reason on WebSockets)::
         ├── ChannelNotFound        (CHANNEL_NOT_FOUND)
         ├── InvalidOriginPattern
         └── AgentInUse             (AGENT_IN_USE)
+            └── AgentConflictFatal (AGENT_CONFLICT_FATAL)
 
 Only :mod:`server.web.app` and the WebSocket endpoints turn these into bytes.
 """
@@ -200,6 +202,13 @@ class FaultNotFound(VoiceError):
     status, code, ws_close_code, frame_code = 404, "fault_not_found", 1008, "FAULT_NOT_FOUND"
 
 
+class DialFailed(VoiceError):
+    """A ``call.dial`` refused before it rings: answered ``call.error {error, code}``, on which
+    the SDK's ``agent.dial()`` rejects at once (an ``error`` frame reaches only the client)."""
+
+    status, code, ws_close_code, frame_code = 400, "dial_failed", 1008, "DIAL_FAILED"
+
+
 class SlowConsumer(VoiceError):
     """A stream socket fell further behind than ``VOICE_STREAM_QUEUE`` events: it is closed, and
     the client resumes with ``after=<last seq>``."""
@@ -279,3 +288,14 @@ class AgentInUse(RegistrationError):
         if self.retry_after_s is not None:
             fields["retry_after_s"] = self.retry_after_s
         return fields
+
+
+class AgentConflictFatal(AgentInUse):
+    """A retried registration of an agent whose holder, a live socket on this node, kept
+    talking since the first refusal: the SDK stops retrying on this code and the pending
+    registration is dropped (no silent takeover later)."""
+
+    code, frame_code = "agent_conflict_fatal", "AGENT_CONFLICT_FATAL"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, holder_alive=True)

@@ -61,6 +61,10 @@ class Settings:
     max_agents_per_node: int = 10_000
     cache_seconds: float = 1.0  # node-local copies of keys and agent records
     max_frame_bytes: int = 64 * 1024
+    # /client frames after the handshake (agent.create with a long prompt or tool list); frames
+    # up to twice this reach the application and are refused with an error frame, larger ones
+    # are closed 1009 by the WebSocket layer (ws_max_frame_bytes).
+    client_frame_bytes: int = 1024 * 1024
     # Sessions
     ice_servers: tuple[Mapping[str, Any], ...] = ()
     rtc_host_addresses: tuple[str, ...] = ()
@@ -145,6 +149,9 @@ class Settings:
             "agent_heartbeat_ttl": reader.get("VOICE_AGENT_HEARTBEAT_TTL", _positive(float, 600), 10.0),
             "cache_seconds": reader.get("VOICE_CACHE_SECONDS", _non_negative_float, 1.0),
             "max_agents_per_node": reader.get("VOICE_MAX_AGENTS", _positive(int, 1_000_000), 10_000),
+            "client_frame_bytes": reader.get(
+                "VOICE_CLIENT_FRAME_BYTES", _int_between(64 * 1024, 16 * 1024 * 1024), 1024 * 1024
+            ),
             "ice_servers": reader.get("VOICE_ICE_SERVERS", _ice_servers, ()),
             "rtc_host_addresses": reader.get("VOICE_RTC_HOST_ADDRESSES", _addresses, ()),
             "rtc_connect_seconds": reader.get("VOICE_RTC_CONNECT_SECONDS", _positive(float, 600), 15.0),
@@ -251,6 +258,13 @@ class Settings:
         """Bound to a non-loopback address while the mints' ``server`` is a made-up loopback URL:
         browsers on other machines would be sent to themselves."""
         return self.public_url_derived and not _loopback(self.host)
+
+    @property
+    def ws_max_frame_bytes(self) -> int:
+        """The WebSocket layer's frame limit (a 1009 close beyond it), on every socket: twice
+        ``client_frame_bytes``, so a /client frame somewhat over its bound is answered with an
+        error frame the SDK shows instead of a close it reconnects after forever."""
+        return max(self.max_frame_bytes, 2 * self.client_frame_bytes)
 
     @property
     def public_ws_url(self) -> str:

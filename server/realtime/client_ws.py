@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,10 +22,21 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from server.core.apikeys import KeyKind
+from server.core.devroute import CONFIG_KEY as DEV_CALLERS
+from server.core.devroute import MAX_CALLERS, parse_callers
 from server.core.slugs import agent_slug
 from server.core.wire import Frame, error_frame, parse_frame, text_field
-from server.errors import BadRequest, CapacityExceeded, InvalidApiKey, RegistrationError, VoiceError
+from server.errors import (
+    BadRequest,
+    CapacityExceeded,
+    InvalidApiKey,
+    PayloadTooLarge,
+    RegistrationError,
+    VoiceError,
+)
 from server.log import event
+from server.realtime.client_chat import ClientChats
+from server.realtime.phone_commands import call_dial, line_create, line_destroy
 from server.realtime.session_commands import session_command
 from server.services.node import Node
 
@@ -35,9 +47,6 @@ PROTOCOL_VERSION = 1
 _NOT_CONFIG = frozenset({"event", "agent_id", "allowed_origins"})
 
 
-MAX_DEV_CALLERS = 100
-
-
 class ClientConnection:
     """One SDK socket: the org it authenticated as, and a serialised writer."""
 
@@ -46,7 +55,9 @@ class ClientConnection:
         self.org_id = org_id
         self.key_id = key_id  # the API key it authenticated with: a revoke closes the socket
         self.conn_id = "conn_" + secrets.token_hex(6)
-        self.dev_callers: tuple[str, ...] = ()  # agent.routeCallers([...]): kept, no phone to route
+        self.dev_callers: tuple[str, ...] = ()  # the last dev.config, for an agent not created yet
+        self.last_agent: str | None = None  # the agent dev.config (which names none) applies to
+        self.frames_received = 0  # liveness a conflicting registration reads (AGENT_CONFLICT_FATAL)
         self._lock = asyncio.Lock()
 
     async def send(self, frame: Mapping[str, Any]) -> None:
@@ -96,6 +107,23 @@ async def _handshake(node: Node, websocket: WebSocket) -> ClientConnection | Non
     return ClientConnection(websocket, key.org_id, key.key_id)
 
 
+def _check_size(raw: str | bytes | None, frame: Frame, limit: int) -> None:
+    """Refuse a frame over ``VOICE_CLIENT_FRAME_BYTES`` with an error frame naming the bound
+    (issue 18 item 8: a 1009 close made the SDK reconnect and re-send it every second). An
+    ``agent.create`` is refused as REGISTRATION_ERROR, on which the SDK fails ``agent.ready``
+    at once (dispatch/handlers/error.ts); anything else is PAYLOAD_TOO_LARGE."""
+    if not isinstance(raw, str) or len(raw) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
+        return
+    size = len(raw.encode("utf-8", "surrogateescape"))
+    if size <= limit:
+        return
+    detail = (
+        f"{frame['event']} frame of {size} bytes is over this server's /client limit of {limit} "
+        "bytes (VOICE_CLIENT_FRAME_BYTES); shorten the prompt, tools or config"
+    )
+    raise RegistrationError(detail) if frame["event"] == "agent.create" else PayloadTooLarge(detail)
+
+
 async def client_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     await websocket.accept()
@@ -125,9 +153,11 @@ async def client_endpoint(websocket: WebSocket) -> None:
     try:
         while True:
             raw = await _receive(websocket)
+            connection.frames_received += 1
             frame: Frame | None = None
             try:
-                frame = parse_frame(raw if isinstance(raw, str) else None, node.settings.max_frame_bytes)
+                frame = parse_frame(raw if isinstance(raw, str) else None, node.settings.ws_max_frame_bytes)
+                _check_size(raw, frame, node.settings.client_frame_bytes)
                 await session.dispatch(frame)
             except VoiceError as exc:
                 agent_id = frame.get("agent_id") if frame is not None else None
@@ -153,6 +183,10 @@ async def client_endpoint(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        try:
+            await session.chats.close()
+        except Exception:
+            log.exception("ending the llm.chat sessions of %s failed", connection.conn_id)
         gone = await node.connection_closed(connection)
         event(
             log,
@@ -169,6 +203,7 @@ class _Session:
     def __init__(self, node: Node, connection: ClientConnection) -> None:
         self.node = node
         self.connection = connection
+        self.chats = ClientChats(node, connection)  # llm.chat: the SDK's ChatClient
         self.handlers: dict[str, Callable[[Frame], Awaitable[None]]] = {
             "ping": self.ping,
             "pong": self.ignore,
@@ -178,10 +213,14 @@ class _Session:
             "channel.remove": self.channel_remove,
             "channel.configure": self.channel_configure,
             "dev.config": self.dev_config,
-            "session.configure": self.session,
-            "session.pause": self.session,
-            "session.resume": self.session,
-            "session.send": self.session,
+            "session.configure": functools.partial(session_command, node, connection),
+            "session.pause": functools.partial(session_command, node, connection),
+            "session.resume": functools.partial(session_command, node, connection),
+            "session.send": functools.partial(session_command, node, connection),
+            "line.create": functools.partial(line_create, node, connection),
+            "line.destroy": functools.partial(line_destroy, node, connection),
+            "call.dial": functools.partial(call_dial, node, connection),
+            "llm.chat": self.chats.turn,
         }
 
     async def dispatch(self, frame: Frame) -> None:
@@ -198,22 +237,20 @@ class _Session:
         await self.connection.send({"event": "pong"})
 
     async def dev_config(self, frame: Frame) -> None:
-        """``agent.routeCallers([...])``: which callers' phone calls reach this dev agent. Sent
-        with no agent id and re-sent on every re-registration, with no answer expected (pinecall/sdk
-        domain/agent.ts). This server places and takes no phone calls, so the list is kept on
-        the connection and changes nothing; it is checked, and accepted quietly instead of the
-        ``unknown event`` error the SDK drew on every reconnect."""
-        callers = frame.get("callers")
-        if (
-            not isinstance(callers, list)
-            or len(callers) > MAX_DEV_CALLERS
-            or not all(isinstance(c, str) and 0 < len(c) <= 32 for c in callers)
-        ):
-            raise BadRequest(f"dev.config needs 'callers': a list of at most {MAX_DEV_CALLERS} phone numbers")
+        """``agent.routeCallers([...])``: only these callers reach the agent (core/devroute.py).
+        The SDK sends it with no agent id, right after that agent's ``channel.add`` frames on
+        every (re-)registration (pinecall/sdk domain/agent.ts ``_flushPending``), with no answer
+        expected: it applies to the agent this connection registered or configured last (or
+        names in ``agent_id``), stored in the agent's record so the WhatsApp path on any node
+        honours it; sent before any agent, it waits for the next ``agent.create``."""
+        callers = parse_callers(frame.get("callers"))
+        if callers is None:
+            raise BadRequest(f"dev.config needs 'callers': a list of at most {MAX_CALLERS} phone numbers")
         self.connection.dev_callers = tuple(callers)
-
-    async def session(self, frame: Frame) -> None:
-        await session_command(self.node, self.connection, frame)
+        target = frame.get("agent_id", self.connection.last_agent)
+        if target is not None:
+            slug = agent_slug(target)
+            await self.node.registry.configure(self.connection, slug, {DEV_CALLERS: callers})
 
     async def ignore(self, frame: Frame) -> None:
         return None
@@ -231,6 +268,9 @@ class _Session:
         ):
             raise CapacityExceeded("This server holds as many agents as it can; try another node")
         config = {k: v for k, v in frame.items() if k not in _NOT_CONFIG}
+        if self.connection.dev_callers and self.connection.last_agent is None:
+            config[DEV_CALLERS] = list(self.connection.dev_callers)  # a dev.config sent before it
+        self.connection.last_agent = slug
         record = await self.node.registry.register(
             self.connection, slug, config, frame.get("allowed_origins")
         )
@@ -241,12 +281,14 @@ class _Session:
 
     async def agent_configure(self, frame: Frame) -> None:
         slug, raw = self._agent(frame)
+        self.connection.last_agent = slug
         config = {k: v for k, v in frame.items() if k not in _NOT_CONFIG}
         await self.node.registry.configure(self.connection, slug, config)
         await self.connection.send({"event": "agent.configured", "agent_id": raw})
 
     async def channel_add(self, frame: Frame) -> None:
         slug, raw = self._agent(frame)
+        self.connection.last_agent = slug
         record = await self.node.registry.add_channel(self.connection, slug, frame)
         kind, ref = frame.get("type"), frame.get("ref")
         await self.connection.send({"event": "channel.added", "agent_id": raw, "type": kind, "ref": ref})

@@ -34,7 +34,14 @@ from typing import Any, Protocol
 
 from server.core.cache import TtlCache
 from server.core.origins import OriginPattern, parse_patterns
-from server.errors import AgentInUse, AgentNotOnline, ChannelNotFound, RegistrationError, VoiceError
+from server.errors import (
+    AgentConflictFatal,
+    AgentInUse,
+    AgentNotOnline,
+    ChannelNotFound,
+    RegistrationError,
+    VoiceError,
+)
 from server.services.presence import presence_name
 from server.services.relay import Relay
 from server.store.base import AgentRecord, AgentStore, agent_key
@@ -124,6 +131,7 @@ class _Pending:
     connection: AgentConnection
     record: AgentRecord
     shown_as: str
+    holder_frames: int | None = None  # the local holder's frame count when the conflict began
 
 
 class AgentRegistry:
@@ -227,9 +235,12 @@ class AgentRegistry:
         config: Mapping[str, Any],
         origins: object,
         shown_as: str | None = None,
+        escalate: bool = True,
     ) -> AgentRecord:
         """Bring ``agent_id`` online for ``connection``; AgentInUse if another live socket holds
-        it (the registration then stays pending and takes over when that socket goes away)."""
+        it (the registration then stays pending and takes over when that socket goes away), or
+        AgentConflictFatal on a retry (``escalate``) when that socket, here, has spoken since
+        the first refusal."""
         patterns = parse_patterns(origins if origins is not None else [])
         key = agent_key(connection.org_id, agent_id)
         previous = self._local.get(key)
@@ -250,8 +261,25 @@ class AgentRegistry:
             log.info("agent %s: taking over from %s, left by a previous run of this node", agent_id, holder)
             holder = await self._store.claim_agent(record, self._settings.heartbeat_ttl, replace=holder)
         if holder is not None:
-            self._pending[key] = _Pending(connection, record, shown_as or agent_id)
             alive = await self._holder_alive(key, holder)
+            pending = self._pending.get(key)
+            started = (
+                pending.holder_frames if pending is not None and pending.connection is connection else None
+            )
+            spoke = self._holder_frames(key)
+            if escalate and alive and started is not None and spoke is not None and spoke > started:
+                # The holder's socket is open here and has sent frames since this conflict began
+                # (a live SDK pings every 30 s): it is not a stale registration and will not go
+                # away. The SDK stops retrying on this code (dispatch/handlers/error.ts); so
+                # does the server: no silent takeover later (issue 18 item 9).
+                self._pending.pop(key, None)
+                raise AgentConflictFatal(
+                    f"Agent '{agent_id}' is held by a live process that keeps talking; not retrying. "
+                    "Disconnect it (DELETE /api/sdk/agents/{slug}, `pinecall kick`) or use another id"
+                )
+            self._pending[key] = _Pending(
+                connection, record, shown_as or agent_id, spoke if started is None else started
+            )
             raise AgentInUse(
                 f"Agent '{agent_id}' is already connected from another session; "
                 "this connection takes over if that one goes away",
@@ -271,6 +299,13 @@ class AgentRegistry:
         for hook in self.on_online:
             await hook(record)
         return record
+
+    def _holder_frames(self, key: str) -> int | None:
+        """How many frames the local socket holding ``key`` has sent (None: not a /client socket
+        on this node, whose liveness this node cannot watch)."""
+        entry = self._local.get(key)
+        count = getattr(entry[0], "frames_received", None) if entry is not None else None
+        return count if isinstance(count, int) else None
 
     async def _holder_alive(self, key: str, holder: str) -> bool:
         """Whether the process holding the agent is running: its socket here is open, or its
@@ -297,7 +332,12 @@ class AgentRegistry:
             try:
                 origins = list(record.allowed_origins)
                 await self.register(
-                    pending.connection, record.agent_id, record.config, origins, pending.shown_as
+                    pending.connection,
+                    record.agent_id,
+                    record.config,
+                    origins,
+                    pending.shown_as,
+                    escalate=False,
                 )
             except AgentInUse:
                 continue
@@ -321,6 +361,10 @@ class AgentRegistry:
             if ref and await self._store.claim_name(channel_name(channel["type"], ref), key, ttl):
                 raise RegistrationError(f"{channel['type']} channel '{ref}' belongs to another agent")
         await _touch_listings(self._store, [record], self._listing_ttl)
+
+    def owned(self, connection: AgentConnection, agent_id: str) -> AgentRecord:
+        """The record of ``agent_id`` if ``connection`` holds it; RegistrationError otherwise."""
+        return self._owned(connection, agent_id)
 
     def _owned(self, connection: AgentConnection, agent_id: str) -> AgentRecord:
         entry = self._local.get(agent_key(connection.org_id, agent_id))
@@ -414,6 +458,21 @@ class AgentRegistry:
         if ref:
             await self._store.release_name(channel_name(kind, ref), agent_key(record.org_id, agent_id))
         return await self._update(connection, replace(record, channels=channels))
+
+    def withdraw_pending(self, connection: AgentConnection, agent_id: str) -> None:
+        """Drop ``connection``'s pending registration of ``agent_id`` (a refused line does not
+        take over later)."""
+        key = agent_key(connection.org_id, agent_id)
+        pending = self._pending.get(key)
+        if pending is not None and pending.connection is connection:
+            del self._pending[key]
+
+    async def unregister(self, connection: AgentConnection, agent_id: str) -> AgentRecord:
+        """Take one agent of ``connection`` offline (``line.destroy``); the socket goes on."""
+        record = self._owned(connection, agent_id)
+        del self._local[agent_key(record.org_id, agent_id)]
+        await self._forget(record)
+        return record
 
     async def disconnect(self, connection: AgentConnection) -> list[AgentRecord]:
         """The socket closed: every agent it held goes offline."""

@@ -35,6 +35,12 @@ CommandSink = Callable[[str, str, Mapping[str, Any]], Awaitable[bool]]
 ECHO_ON = frozenset({"user.message", "chat.message"})
 
 
+def echo_text(text: str) -> str:
+    """The mock agent's speech: what it answers a user's ``text`` with (the simulated callee of
+    ``call.dial`` answers the agent with it too, services/dialer.py)."""
+    return f"You said: {text}"
+
+
 class MockAgent:
     """One mock agent: ``await MockAgent(...).start()``, then ``await agent.stop()``."""
 
@@ -88,7 +94,7 @@ class MockAgent:
         name = frame.get("event")
         if name in ECHO_ON:
             text = frame.get("text")
-            return f"You said: {text}" if isinstance(text, str) and text else None
+            return echo_text(text) if isinstance(text, str) and text else None
         return None
 
     async def _run(self) -> None:

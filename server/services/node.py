@@ -18,6 +18,7 @@ from server.metrics import Metrics
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.authority import Authority
 from server.services.calls import CallRouter
+from server.services.dialer import Dialer
 from server.services.events import CHANNEL as EVENTS_CHANNEL
 from server.services.events import EventLog
 from server.services.handoff import Handoff
@@ -66,6 +67,7 @@ class Node:
     # shifts both (services/inspector.py). Off, their offset stays 0.
     wall_clock: ShiftedClock = field(default_factory=ShiftedClock)
     mono_clock: ShiftedClock = field(default_factory=lambda: ShiftedClock(time.monotonic))
+    dialer: Dialer = field(init=False)  # call.dial, simulated (no telephony)
 
     @classmethod
     async def open(cls, settings: Settings, store: Store | None = None) -> Node:
@@ -155,6 +157,7 @@ class Node:
         with contextlib.suppress(VoiceError):  # a restart under the same id: no longer draining
             await relay.invalidate("ready", settings.node_id)
         node.on_agent_offline.append(sessions.agent_offline)
+        node.dialer = Dialer(sessions, node.background)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
         await node.whatsapp.start()
         registry.on_online.append(node.whatsapp.agent_online)  # drains messages queued while offline

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from server.core import strictjson
+from server.core.devroute import reaches
 from server.core.whatsapp import (
     InboundMessage,
     Reason,
@@ -105,6 +106,7 @@ class WhatsAppService:
         self.unsigned_accepted = 0  # webhooks let in without a signature (until metrics exist)
         self.refused: Counter[str] = Counter()  # refusals by reason
         self.duplicates = 0
+        self.not_routed = 0  # messages from callers a dev agent did not route to itself
         self._known: dict[tuple[str, str], str] = {}  # (agent key, number) -> verify-token digest
         self._refreshed = 0.0
         self._clock = clock
@@ -252,6 +254,16 @@ class WhatsAppService:
             return 0
         if owner is None:
             await self._park(ev)
+        elif isinstance(ev, InboundMessage) and not reaches(owner.config, ev.contact):
+            # agent.routeCallers([...]): a dev agent hears only the callers it named; there is
+            # no production agent here to take the others, so their messages go nowhere.
+            self.not_routed += 1
+            event(
+                log,
+                "whatsapp message not routed: the sender is not among the agent's dev callers",
+                agent_id=owner.agent_id,
+                phone_number_id=ev.phone_number_id,
+            )
         else:
             await self._deliver(owner, ev)
         return 1

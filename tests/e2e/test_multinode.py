@@ -180,6 +180,36 @@ async def test_a_session_on_the_wrong_node_is_relayed_to_the_agent(
     await sdk.close()
 
 
+async def test_session_commands_reach_a_relayed_session(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    """Issue 17 item 2 across nodes: the agent on A pauses, speaks as the human into, and
+    resumes a chat session that lives on B (pinecall/sdk agent.pause(id) / sendMessage)."""
+    _, (a, b, _c) = cluster
+    sdk = await SdkClient.connect(a.url, KEY)
+    await sdk.create_agent("steered")
+    token = (await http.get(f"{a.url}/chat/token", params={"agent_id": "steered"}, headers=AUTH)).json()[
+        "token"
+    ]
+    async with websockets.connect(b.ws_url + f"/chat/ws?token={token}") as chat:
+        assert json.loads(await asyncio.wait_for(chat.recv(), 10))["event"] == "chat.connected"
+        call_id = (await sdk.wait_for("llm.chat.started"))["call_id"]
+        await sdk.send({"event": "session.pause", "agent_id": "steered", "session_id": call_id})
+        assert (await sdk.wait_for("session.paused"))["session_id"] == call_id
+        await chat.send(json.dumps({"event": "message", "text": "hello from B"}))
+        assert (await sdk.wait_for("chat.message"))["paused"] is True
+        await sdk.send(
+            {"event": "session.send", "agent_id": "steered", "session_id": call_id, "text": "a human"}
+        )
+        assert (await sdk.wait_for("session.sent"))["session_id"] == call_id
+        while (frame := json.loads(await asyncio.wait_for(chat.recv(), 10)))["event"] != "chat.done":
+            pass
+        assert frame["text"] == "a human"
+        await sdk.send({"event": "session.resume", "agent_id": "steered", "session_id": "chat-nowhere"})
+        assert (await sdk.wait_for("session.resumed"))["code"] == "SESSION_NOT_FOUND"
+    await sdk.close()
+
+
 async def test_a_session_for_a_vanished_owner_is_refused_cleanly(
     cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
 ) -> None:

@@ -146,8 +146,10 @@ async def test_bad_frames_get_error_frames_and_the_connection_lives(server: Serv
 
 
 async def test_an_oversized_frame_closes_cleanly(server: ServerProcess) -> None:
+    """Over the WebSocket layer's limit (twice VOICE_CLIENT_FRAME_BYTES): closed 1009. Frames
+    under it are answered with an error frame (tests/e2e/test_sdk_sessions.py)."""
     sdk = await SdkClient.connect(server.url, KEY_A)
-    await sdk.ws.send(json.dumps({"event": "ping", "pad": "x" * 200_000}))
+    await sdk.ws.send(json.dumps({"event": "ping", "pad": "x" * (2 * 1024 * 1024 + 1)}))
     with pytest.raises(websockets.ConnectionClosed) as closed:
         while True:
             await asyncio.wait_for(sdk.ws.recv(), 10)

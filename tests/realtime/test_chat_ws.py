@@ -263,12 +263,17 @@ async def test_a_second_message_before_the_reply_is_refused(
     await ws.close()
 
 
-async def test_an_oversized_frame_closes_the_socket(
+async def test_an_oversized_frame_is_a_chat_error_and_a_huge_one_closes_the_socket(
     server: ServerProcess, agent: tuple[str, SdkClient]
 ) -> None:
+    """Over 64 KiB: chat.error payload_too_large, the socket stays open; over the WebSocket
+    layer's limit (twice VOICE_CLIENT_FRAME_BYTES, 2 MiB): closed 1009."""
     name, _ = agent
     ws, _ = await open_chat(server, await mint(server, name))
     await ws.send(json.dumps({"event": "message", "text": "x" * 70_000}))
+    refused = await until(ws, "chat.error")
+    assert refused["code"] == "payload_too_large" and "65536" in refused["error"]
+    await ws.send(json.dumps({"event": "message", "text": "x" * (2 * 1024 * 1024 + 1)}))
     code, _ = await closed_with(ws)
     assert code == 1009  # message too big (RFC 6455 §7.4.1)
 
