@@ -163,6 +163,7 @@ def _print(
     for server, rows in by_server.items():
         medians, per_pass = report.median_ratios(runs[server])
         out += ["", f"server: {server}", *report.table(rows), "", *report.ratio_lines(medians, per_pass)]
+        out += report.floor_lines(rows)
     if len(by_server) > 1:
         out += ["", "uvicorn vs granian (same app, same load)", *report.server_comparison(by_server)]
     if points:

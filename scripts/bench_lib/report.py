@@ -133,12 +133,25 @@ def ratios(rows: Mapping[str, Row]) -> list[Ratio]:
         # The same cost in server CPU, less swayed by what else the machine runs than a rate.
         Ratio("cpu c0/c", "server CPU per mint, logs off vs on", _div(cpu("c0"), cpu("c")), ""),
         Ratio("d/b1", "public mint vs naive mint", _div(rate("d"), rate("b1")), ""),
-        Ratio("e2/e1", "chat consume vs naive WS accept + GETDEL", _div(rate("e2"), rate("e1")), "≥ 1.5"),
+        # Issue 11: the old ≥ 1.5 was out of reach (the WebSocket floor is most of e1); at least
+        # as fast as the naive accept + GETDEL while doing auth, single use and the session.
+        Ratio("e2/e1", "chat consume vs naive WS accept + GETDEL", _div(rate("e2"), rate("e1")), "≥ 1.0"),
         Ratio("cpu e1/e2", "server CPU per session, naive vs ours", _div(cpu("e1"), cpu("e2")), ""),
         # The most e2/e1 could be if our session cost nothing beyond the bare WebSocket (e0).
         Ratio("e1/e0", "CPU per session, naive WS vs the floor (e0)", _div(cpu("e1"), cpu("e0")), ""),
         Ratio("p99 c/a", "p99 of mint vs p99 of bare route", _div(p99("c"), p99("a")), "≤ 2"),
     ]
+
+
+def floor_lines(rows: Sequence[Row]) -> list[str]:
+    """Server CPU per session above the WebSocket floor (e0): what our session (e2) and the
+    naive one (e1) add to a bare accept on the same server."""
+    cpu = {r.key: r.cpu_per_request for r in rows}
+    if "e0" not in cpu or not any(k in cpu for k in ("e1", "e2")):
+        return []
+    parts = [f"{key}-e0 {_us(cpu[key] - cpu['e0'])}" for key in ("e1", "e2") if key in cpu]
+    head = f"server CPU per session above the WebSocket floor (e0 {_us(cpu['e0'])}): "
+    return [head + ", ".join(parts)]
 
 
 def median_rows(passes: Sequence[Sequence[Row]]) -> list[Row]:

@@ -148,6 +148,8 @@ class AgentRegistry:
         # Node-local copies of records for the mint path; never older than cache_seconds, and
         # dropped on every node when an agent registers or goes offline anywhere.
         self._cache: TtlCache[str, AgentRecord] = TtlCache(settings.cache_seconds)
+        # One store read per missing record, shared by every lookup that misses meanwhile.
+        self._fetching: dict[str, asyncio.Future[AgentRecord | None]] = {}
         self.relay: Relay | None = None
         # Sees every frame sent to an agent's calls (the event log of WS /ws/stream); must not await.
         self.observe: Callable[[str, str, Mapping[str, Any]], None] | None = None
@@ -390,6 +392,7 @@ class AgentRegistry:
 
     def forget_cached(self, key: str) -> None:
         self._cache.drop(key)
+        self._fetching.pop(key, None)  # a read begun before the change is not cached
         self._cache.drop("pub:" + key.partition("/")[2])
 
     async def configure(
@@ -526,11 +529,26 @@ class AgentRegistry:
         key = agent_key(org_id, agent_id)
         record = self._cache.get(key)
         if record is None:
-            record = await self._store.get_agent(org_id, agent_id)
+            # Single flight: when the record expires from the cache under load, the ~50 mints
+            # and sessions in flight made ~50 identical reads (a thousand in a 20 s consume row).
+            fetching = self._fetching.get(key)
+            if fetching is None:
+                fetching = asyncio.ensure_future(self._fetch(key, org_id, agent_id))
+                self._fetching[key] = fetching
+            record = await asyncio.shield(fetching)
             if record is None:
                 raise AgentNotOnline(shown_as or agent_id)
-            self._cache.put(key, record)
         return record
+
+    async def _fetch(self, key: str, org_id: str, agent_id: str) -> AgentRecord | None:
+        try:
+            record = await self._store.get_agent(org_id, agent_id)
+            if record is not None and self._fetching.get(key) is asyncio.current_task():
+                self._cache.put(key, record)  # unless the record was invalidated meanwhile
+            return record
+        finally:
+            if self._fetching.get(key) is asyncio.current_task():
+                del self._fetching[key]
 
     async def find_public(self, agent_id: str, shown_as: str | None = None) -> AgentRecord:
         """The agent published under ``agent_id`` by whichever org registered it with origins."""

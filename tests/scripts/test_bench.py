@@ -119,6 +119,9 @@ def test_quick_run_prints_every_row_ratio_and_memory_figure() -> None:
         assert row[6] == "0", f"row {key} had errors:\n{out}"
     for ratio in ("c/b1", "c/a", "c/c0", "d/b1", "e2/e1", "e1/e0", "p99 c/a"):
         assert re.search(rf"^{re.escape(ratio)}\s+.+\d+\.\d\dx", out, re.M), f"ratio {ratio} missing:\n{out}"
+    assert re.search(r"^e2/e1\s+.+\d\.\d\dx\s+target ≥ 1\.0 ", out, re.M), out
+    floor = r"above the WebSocket floor \(e0 [\d,]+us\): e1-e0 -?[\d,]+us, e2-e0 -?[\d,]+us$"
+    assert re.search(floor, out, re.M), out
     for outstanding in ("1,000", "5,000"):
         assert re.search(
             rf"^\s+{outstanding}\s+[\d,]+ B \(n=\d+\)\s+[\d,]+ B  target ≤ 250 B (meets|MISSES)$", out, re.M

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from server.errors import StoreUnavailable
+from server.errors import AgentNotOnline, StoreUnavailable
 from server.services.agents import HEARTBEAT_BATCH, LISTING_EVERY, AgentRegistry, RegistrySettings
 from server.store import MemoryStore, open_store
 from server.store.base import AgentRecord
@@ -250,3 +250,27 @@ async def test_an_orgs_list_and_an_ids_orgs_follow_registrations_across_beats(cl
     assert not await registry.online_anywhere("support")
     await registry.stop()
     await store.aclose()
+
+
+async def test_lookups_that_miss_together_share_one_store_read(proxy: LatencyProxy) -> None:
+    """50 mints in flight when an agent's record leaves the cache make one read, not 50."""
+    store = open_store(proxy.url)
+    registry = AgentRegistry(store, RegistrySettings("node-t", "http://127.0.0.1:1", TTL))
+    try:
+        await _register(registry, 1)
+        agent_id = registry.local_agents()[0].agent_id
+        registry.forget_cached(f"acme/{agent_id}")
+        proxy.delay, proxy.round_trips = 0.02, 0
+        records = await asyncio.gather(*(registry.find("acme", agent_id) for _ in range(50)))
+        assert proxy.round_trips == 1 and {r.agent_id for r in records} == {agent_id}
+        proxy.round_trips = 0
+        await registry.find("acme", agent_id)  # cached now
+        assert proxy.round_trips == 0
+        registry.forget_cached(f"acme/{agent_id}")
+        with pytest.raises(AgentNotOnline):
+            await asyncio.gather(*(registry.find("acme", "nobody") for _ in range(10)))
+        assert proxy.round_trips == 1
+    finally:
+        proxy.delay = 0
+        await registry.stop()
+        await store.aclose()
