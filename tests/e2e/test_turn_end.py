@@ -58,8 +58,10 @@ class SdkAgent:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
-            self._dispatch(await self.sdk.recv(timeout=3600))
+        # ws.recv() itself, not SdkClient.recv(): asyncio.wait_for on 3.11 can swallow the
+        # cancel of close() when a frame lands at the same moment, and the task lives on.
+        async for raw in self.sdk.ws:
+            self._dispatch(json.loads(raw))
 
     def _dispatch(self, wire: dict[str, Any]) -> None:
         name, call_id = wire.get("event"), wire.get("call_id")
@@ -112,10 +114,10 @@ class SdkAgent:
         asyncio.get_running_loop().create_task(self.sdk.send(frame))
 
     async def close(self) -> None:
+        await self.sdk.close()  # ends the reader's loop
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
-        await self.sdk.close()
 
 
 @pytest.fixture(scope="module")
