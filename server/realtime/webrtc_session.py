@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.core import strictjson
 from server.core.sessionconfig import filter_config
-from server.errors import BadRequest, RateLimited
+from server.errors import BadRequest, RateLimited, VoiceError
 from server.log import event
 from server.realtime.media import SpeechDetector, SpeechEvent, speech_seconds
 from server.services.history import HISTORY_COMMANDS, LocalHistory, Memory, Message
@@ -136,7 +136,7 @@ class WebRtcSession(Session):
             job = await self._inbox.get()
             try:
                 await job()
-            except BadRequest as exc:
+            except VoiceError as exc:
                 self.to_browser({"event": "error", "error": exc.detail, "code": exc.code})
             except Exception:
                 log.exception("error handling a data channel event on %s", self.call_id)
@@ -157,7 +157,7 @@ class WebRtcSession(Session):
         self._later(lambda: self._action(message))
 
     def on_audio(self, pcm: bytes, seconds: float) -> None:
-        if self.muted:
+        if self.muted or not self.access.sends_input:  # a listener's microphone is not heard
             return
         found = self.detector.feed(pcm, seconds)
         if found is not None:
@@ -183,6 +183,7 @@ class WebRtcSession(Session):
         self.touch()
         action = frame["action"]
         if action == "inject_text":
+            self.access.check_input("inject_text")
             await self.user_said(_text(frame, "text", MAX_TEXT_CHARS))
         elif action in ("mute", "unmute"):
             self.muted = action == "mute"
@@ -196,6 +197,7 @@ class WebRtcSession(Session):
             self.config.update(kept)
             await self.send_to_agent({"event": "call.updated", "config": self.config, **_language(kept)})
         elif action == "set_context":
+            self.access.check_input("set_context")
             self._set_context(frame)
         else:
             raise BadRequest(f"unknown action {action[:64]!r}")

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.core.scopes import Access
 from server.core.sessionconfig import MAX_OFFER_BYTES, filter_config, merge_metadata, parse_offer
 from server.core.tokens import Channel
 from server.errors import PayloadTooLarge, VoiceError
@@ -116,6 +117,7 @@ async def _open_session(node: Node, engine: RtcEngine, raw: bytes) -> tuple[WebR
             config,
             node.settings.rtc_connect_seconds,
         )
+        session.access = Access.of(claims)
         record = await node.registry.find(claims.org_id, claims.agent_id)
         peer = await engine.answer(request.sdp, session)
         try:
