@@ -35,6 +35,7 @@ _NOT_CONFIG = frozenset({"event", "agent_id", "allowed_origins"})
 
 
 MAX_DEV_CALLERS = 100
+MAX_CALLER_CHARS = 128  # an E.164 number or a SIP address (sip:user@host;params)
 
 
 class ClientConnection:
@@ -192,10 +193,15 @@ class _Session:
         if (
             not isinstance(callers, list)
             or len(callers) > MAX_DEV_CALLERS
-            or not all(isinstance(c, str) and 0 < len(c) <= 32 for c in callers)
+            or not all(isinstance(c, str) and len(c) <= MAX_CALLER_CHARS for c in callers)
         ):
-            raise BadRequest(f"dev.config needs 'callers': a list of at most {MAX_DEV_CALLERS} phone numbers")
-        self.connection.dev_callers = tuple(callers)
+            raise BadRequest(
+                f"dev.config needs 'callers': a list of at most {MAX_DEV_CALLERS} phone numbers "
+                f"or SIP addresses of up to {MAX_CALLER_CHARS} characters"
+            )
+        # The SDK's dev-mode guide builds the list with DEV_CALLERS.split(","): a trailing comma
+        # gives a blank entry, which names nobody and is dropped, not refused on every reconnect.
+        self.connection.dev_callers = tuple(c.strip() for c in callers if c.strip())
 
     async def ignore(self, frame: Frame) -> None:
         return None
