@@ -20,7 +20,8 @@ the code as reason on WebSockets)::
     │   ├── TokenExpired           401 token_expired
     │   ├── TokenSpent             409 token_spent
     │   ├── TokenWrongChannel      403 token_wrong_channel
-    │   └── TokenWrongAgent        403 token_wrong_agent
+    │   ├── TokenWrongAgent        403 token_wrong_agent
+    │   └── TokenWrongCall         403 token_wrong_call
     ├── ScopeForbidden             403 scope_forbidden
     ├── CallNotFound               404 call_not_found
     ├── AdminError
@@ -166,8 +167,14 @@ class TokenWrongAgent(TokenError):
     status, code, frame_code = 403, "token_wrong_agent", "TOKEN_WRONG_AGENT"
 
 
+class TokenWrongCall(TokenError):
+    """A token sealed to one ``call_id`` presented to open another call (core/scopes.py)."""
+
+    status, code, frame_code = 403, "token_wrong_call", "TOKEN_WRONG_CALL"
+
+
 class ScopeForbidden(VoiceError):
-    """A stream socket sent a command that its token's ``scope`` does not allow."""
+    """A socket sent something its token's ``scope`` does not allow (core/scopes.py)."""
 
     status, code, ws_close_code, frame_code = 403, "scope_forbidden", 1008, "SCOPE_FORBIDDEN"
 

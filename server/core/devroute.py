@@ -10,7 +10,7 @@ from typing import Any
 
 CONFIG_KEY = "dev_callers"  # where the list lives in the agent's record config (every node reads it)
 MAX_CALLERS = 100
-MAX_CALLER_CHARS = 32
+MAX_CALLER_CHARS = 128  # an E.164 number or a SIP address (sip:user@host;params)
 
 
 def digits(number: str) -> str:
@@ -21,9 +21,12 @@ def parse_callers(raw: object) -> list[str] | None:
     """The ``callers`` list as sent, or None when it is not a list of short strings."""
     if not isinstance(raw, list) or len(raw) > MAX_CALLERS:
         return None
-    if not all(isinstance(c, str) and 0 < len(c) <= MAX_CALLER_CHARS and digits(c) for c in raw):
+    if not all(isinstance(c, str) and len(c) <= MAX_CALLER_CHARS for c in raw):
         return None
-    return list(raw)
+    # The SDK's dev-mode guide builds the list with DEV_CALLERS.split(","): a trailing comma
+    # gives a blank entry, which names nobody and is dropped, not refused on every reconnect.
+    # A SIP address (no digits) is kept; it matches no WhatsApp sender.
+    return [c.strip() for c in raw if c.strip()]
 
 
 def routed_callers(config: Mapping[str, Any]) -> frozenset[str]:

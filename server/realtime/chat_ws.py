@@ -41,6 +41,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from server.core.clientip import client_ip
+from server.core.scopes import Access
 from server.core.tokens import Channel, Claims
 from server.core.wire import Frame, error_frame, parse_frame
 from server.errors import BadRequest, TokenInvalid, VoiceError
@@ -93,6 +94,7 @@ class ChatSession(Session):
         self, websocket: WebSocket, claims: Claims, thread: str | None, memory: Memory, reply_seconds: float
     ) -> None:
         super().__init__(claims.org_id, claims.agent_id, claims.metadata)
+        self.access = Access.of(claims)
         self.websocket = websocket
         self.thread = thread
         self.memory = memory
@@ -117,6 +119,7 @@ class ChatSession(Session):
             "transport": self.transport,
             "metadata": self.metadata,
             "thread": self.thread,
+            **self.scope_field(),
         }
 
     def ended_frames(self, reason: str, duration_seconds: float) -> list[dict[str, Any]]:
@@ -141,8 +144,10 @@ class ChatSession(Session):
         if name != "ping":  # a keep-alive is not activity: idle means no user or agent content
             self.touch()
         if name == "message":
+            self.access.check_input("a chat message")
             await self._user_message(frame.get("text"))
         elif name == "set_context":
+            self.access.check_input("set_context")
             key = frame.get("key")
             if not isinstance(key, str) or not 0 < len(key) <= 128:
                 raise BadRequest("set_context needs a 'key' of 1-128 characters")

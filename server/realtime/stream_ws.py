@@ -35,6 +35,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from server.core.scopes import SUPERVISE_ACTIONS, Access
 from server.core.slugs import agent_slug
 from server.core.tokens import Channel, Claims
 from server.core.wire import error_frame, parse_object, text_field
@@ -42,7 +43,6 @@ from server.errors import (
     BadRequest,
     CallNotFound,
     CapacityExceeded,
-    ScopeForbidden,
     TokenInvalid,
     TokenWrongAgent,
     VoiceError,
@@ -54,7 +54,6 @@ from server.services.node import Node
 log = logging.getLogger("voice.stream")
 MAX_STREAMS = 10_000  # stream sockets on one node
 MAX_AFTER = 2**53 - 1  # the largest cursor a JavaScript client can hold exactly
-SUPERVISE_ACTIONS = ("say", "whisper", "hangup")
 _SESSION = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
@@ -121,7 +120,8 @@ class _Stream:
         self.node = node
         self.websocket = websocket
         self.where = where
-        self.scope = claims.scope or "observe"
+        self.access = Access.of(claims)
+        self.scope = self.access.scope
         self.calls: dict[str, str] = {}  # calls this socket has seen -> their agent
         self._lock = asyncio.Lock()
 
@@ -194,14 +194,11 @@ class _Stream:
             return
         if action not in SUPERVISE_ACTIONS:
             raise BadRequest(f"unknown action {action!r}: a stream takes ping, say, whisper and hangup")
-        if self.scope != "supervise":
-            raise ScopeForbidden(
-                f"{action!r} needs a token of scope 'supervise' (this one is {self.scope!r})"
-            )
+        self.access.check_supervise(str(action))
         call_id = text_field(frame, "call_id", 128)
         assert call_id is not None
         agent_id = self.calls.get(call_id)
-        if agent_id is None or (self.where.call_id is not None and call_id != self.where.call_id):
+        if agent_id is None or not self.access.sees_call(call_id):
             raise CallNotFound(f"call {call_id!r} is not live, or not one this stream can see")
         org_id = self.where.org_id
         if action == "whisper":

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from server.core import strictjson
 from server.core.sessionconfig import filter_config
-from server.errors import BadRequest, RateLimited
+from server.errors import BadRequest, RateLimited, VoiceError
 from server.log import event
 from server.realtime.media import SpeechDetector, SpeechEvent, speech_seconds
-from server.services.history import echo_request_id
+from server.services.history import HISTORY_COMMANDS, LocalHistory, Memory, Message
 from server.services.sessions import Session
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ log = logging.getLogger("voice.webrtc")
 MAX_ACTION_BYTES = 16 * 1024
 MAX_TEXT_CHARS = 4000
 MAX_REPLY_CHARS = 10_000
-MAX_HISTORY = 500
 MAX_CONTEXT_KEYS = 64
 TIMEOUT_REASONS = frozenset({"idle_timeout", "max_duration"})
 Job = Callable[[], Awaitable[None]]
@@ -65,20 +64,6 @@ def _text(frame: Mapping[str, Any], name: str, limit: int) -> str:
     return value.strip()
 
 
-def _messages(frame: Mapping[str, Any]) -> list[dict[str, str]]:
-    """``history.add`` / ``history.set`` messages: ``{role, text|content}`` objects, others skipped."""
-    raw = frame.get("messages")
-    if not isinstance(raw, list):
-        raise BadRequest("messages must be a list of {role, text}")
-    kept = []
-    for item in raw[:MAX_HISTORY]:
-        if isinstance(item, dict):
-            role, text = item.get("role"), item.get("text", item.get("content"))
-            if isinstance(role, str) and isinstance(text, str):
-                kept.append({"role": role, "content": text, "text": text})
-    return kept
-
-
 class WebRtcSession(Session):
     transport = "webrtc"
     call_prefix = "wrt_"
@@ -96,7 +81,7 @@ class WebRtcSession(Session):
         self._connected = asyncio.Event()
         self.config: dict[str, Any] = dict(config)
         self.peer: RtcPeer | None = None
-        self.history: list[dict[str, str]] = []
+        self.memory = Memory(LocalHistory())  # history.* as on a chat without a thread
         self.context: dict[str, Any] = {}
         self.muted = False
         self.detector = SpeechDetector()
@@ -152,7 +137,7 @@ class WebRtcSession(Session):
             job = await self._inbox.get()
             try:
                 await job()
-            except BadRequest as exc:
+            except VoiceError as exc:
                 self.to_browser({"event": "error", "error": exc.detail, "code": exc.code})
             except Exception:
                 log.exception("error handling a data channel event on %s", self.call_id)
@@ -174,7 +159,7 @@ class WebRtcSession(Session):
 
     def on_audio(self, pcm: bytes, seconds: float) -> None:
         self.trace("browser->server", b"")  # counted, never kept
-        if self.muted:
+        if self.muted or not self.access.sends_input:  # a listener's microphone is not heard
             return
         found = self.detector.feed(pcm, seconds)
         if found is not None:
@@ -201,6 +186,7 @@ class WebRtcSession(Session):
         self.trace("browser->server", {**frame, "event": frame["action"]})
         action = frame["action"]
         if action == "inject_text":
+            self.access.check_input("inject_text")
             await self.user_said(_text(frame, "text", MAX_TEXT_CHARS))
         elif action in ("mute", "unmute"):
             self.muted = action == "mute"
@@ -214,6 +200,7 @@ class WebRtcSession(Session):
             self.config.update(kept)
             await self.send_to_agent({"event": "call.updated", "config": self.config, **_language(kept)})
         elif action == "set_context":
+            self.access.check_input("set_context")
             self._set_context(frame)
         else:
             raise BadRequest(f"unknown action {action[:64]!r}")
@@ -233,7 +220,7 @@ class WebRtcSession(Session):
         and message id, which the SDK prefers when present (pinecall/sdk domain/call.ts)."""
         message_id = new_message_id()
         self._turn += 1
-        self._remember("user", text)
+        await self.memory.history.append([Message("user", text)])
         # A typed (or fully transcribed) turn is certain: probability 1, no detector latency.
         turn = {"turn_id": self._turn, "message_id": message_id, "text": text}
         signal = {"probability": 1.0, "latency_ms": 0}
@@ -289,8 +276,11 @@ class WebRtcSession(Session):
             wanted = frame.get("message_id")
             if self._speaking is not None and (not wanted or wanted == self._speaking):
                 self._interrupt.set()
-        elif name.startswith("history."):
-            await self._history(name, frame)
+        elif name in HISTORY_COMMANDS:
+            # One shape and one validation with chat (services/history.py); every command is
+            # answered, with its request_id, as the SDK's requester awaits it.
+            for answer in await self.memory.answer(frame):
+                await self.send_to_agent(answer)
         else:
             await super().handle_command(frame)
 
@@ -318,28 +308,6 @@ class WebRtcSession(Session):
         else:
             raise BadRequest("bot.reply.stream action must be start, chunk or end")
 
-    async def _history(self, name: str, frame: Mapping[str, Any]) -> None:
-        # Every history.* request is answered: the SDK's promises wait forever otherwise.
-        if name == "history.get":
-            data = {"event": "history.data", "messages": list(self.history)}
-            await self.send_to_agent(echo_request_id(data, frame))
-            return
-        if name == "history.set":
-            self.history = _messages(frame)
-        elif name == "history.add":
-            self.history.extend(_messages(frame))
-            del self.history[:-MAX_HISTORY]
-        elif name == "history.clear":
-            self.history.clear()
-        # set_vars / add_context / set_instructions shape the agent's own prompt; nothing to keep.
-        await self.send_to_agent(
-            echo_request_id({"event": "history.updated", "count": len(self.history)}, frame)
-        )
-
-    def _remember(self, role: str, text: str) -> None:
-        self.history.append({"role": role, "content": text, "text": text})  # one shape, as chat's
-        del self.history[:-MAX_HISTORY]
-
     # -- speaking -----------------------------------------------------------------------------
     async def _speak(self) -> None:
         # Replies that arrive before the browser's channel opens (a greeting on call.started)
@@ -357,7 +325,7 @@ class WebRtcSession(Session):
         self._speaking, interrupted, spoken = reply.message_id, False, 0
         self._interrupt.clear()
         self.touch()
-        self._remember("assistant", reply.text)
+        await self.memory.history.append([Message("assistant", reply.text)])
         self.peer.voice.speak(seconds)
         started = time.monotonic()
         speaking = {"event": "bot.speaking", "message_id": reply.message_id, "text": reply.text}

@@ -1,6 +1,7 @@
 """Admitting a session that presents a single-use token (chat, WebRTC): one order for both.
 
-verify the token by arithmetic (forged, expired, wrong channel: nothing held, nothing spent) →
+verify the token by arithmetic (forged, expired, wrong channel, sealed to another call:
+nothing held, nothing spent) →
 reserve a session slot for its org (no room: refused before the consume) → the agent is online
 on some node → consume the token (the one store round trip that decides single use, CONTRACT §2).
 
@@ -18,6 +19,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
+from server.core.scopes import Access
 from server.core.tokens import Channel, Claims
 from server.errors import AgentNotOnline
 from server.services.node import Node
@@ -34,6 +36,7 @@ class Admission(NamedTuple):
 async def admit(node: Node, token: str, channel: Channel) -> AsyncIterator[Admission]:
     """Check, reserve, consume (module docstring); the slot is held until the block ends."""
     claims = node.authority.verify(token, channel)
+    Access.of(claims).check_new_call()  # a token sealed to another call: refused, nothing spent
     with (
         node.sessions.reserve(claims.org_id) as reservation,
         node.sessions.admitting(claims.org_id, claims.agent_id),

@@ -6,8 +6,10 @@ by org, agent and thread, so a reconnect with a fresh token (on any node) gets t
 
 The SDK's ``call.getHistory()``, ``setHistory()``, ``setPromptVars()``, ``addContext()`` and
 ``setPrompt()`` await ``history.data`` / ``history.updated`` with no timeout (research notes,
-pinecall/sdk ``domain/call.ts``), so every ``history.*`` command gets exactly one answer, an
-``error`` frame included when the command is malformed.
+pinecall/sdk ``domain/call.ts``), so every ``history.*`` command gets exactly one answer, with
+``error`` and ``code`` in it when the command is malformed. Chat and WebRTC share this module:
+one message shape (``{role, content, text}``: the SDK reads ``content``, the browser ``text``)
+and one validation.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from server.core.wire import error_frame
 from server.errors import BadRequest
 from server.store.base import MessageStore
 
@@ -198,17 +199,21 @@ class Memory:
     instructions: str | None = None
 
     async def answer(self, frame: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The frames for the agent: the answer, or an ``error`` plus a neutral answer, since
-        the SDK's promise waits for the answer by event name whatever happens."""
+        """The frames for the agent: exactly one answer, the same on every transport. A
+        malformed command is answered too, with ``error`` and ``code`` in the answer itself:
+        the SDK's requester (pinecall/sdk kernel/requester.ts) settles the request by its
+        ``request_id`` and rejects the app's promise with that ``error`` (REQUEST_REJECTED),
+        where a separate ``error`` frame would leave it to time out or resolve as if done."""
         try:
             return [echo_request_id(await self.command(frame), frame)]
         except BadRequest as exc:
-            fallback: dict[str, Any] = (
+            refused: dict[str, Any] = (
                 {"event": "history.data", "messages": _wire(await self.history.read())}
                 if frame.get("event") == "history.get"
                 else {"event": "history.updated", "count": len(await self.history.read())}
             )
-            return [error_frame(exc.detail, exc.frame_code), echo_request_id(fallback, frame)]
+            refused |= {"error": exc.detail, "code": exc.frame_code}
+            return [echo_request_id(refused, frame)]
 
     async def command(self, frame: Mapping[str, Any]) -> dict[str, Any]:
         """The answer to one ``history.*`` command (``history.data`` or ``history.updated``).

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from server.core.scopes import PARTICIPATE, Access
 from server.errors import CapacityExceeded, RateLimited
 from server.log import event
 from server.services.agents import AgentRegistry
@@ -127,6 +128,7 @@ class Session:
         self._inbound: InboundBudget | None = None
         self.paused = False  # agent.pause(): services/session_control.py
         self.session_config: dict[str, Any] = {}  # agent.configureSession(id, {...})
+        self.access = Access(PARTICIPATE)  # the token's scope; transports set it (core/scopes.py)
 
     def inbound(self, size: int) -> None:
         """Charge ``size`` bytes from the browser; RateLimited past the session's budget."""
@@ -159,7 +161,13 @@ class Session:
             "direction": "inbound",
             "transport": self.transport,
             "metadata": self.metadata,
+            **self.scope_field(),
         }
+
+    def scope_field(self) -> dict[str, str]:
+        """``scope`` for the agent when the user only listens; absent for a participant, so the
+        frames of a token minted without a scope stay as they were."""
+        return {} if self.access.sends_input else {"scope": self.access.scope}
 
     def ended_frames(self, reason: str, duration_seconds: float) -> list[dict[str, Any]]:
         """What the agent gets when the session ends (subclasses may add transport events)."""

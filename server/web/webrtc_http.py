@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.core.scopes import Access
 from server.core.sessionconfig import (
     BROWSER_CONFIG_KEYS,
     MAX_OFFER_BYTES,
@@ -135,6 +136,7 @@ async def _open_session(node: Node, engine: RtcEngine, raw: bytes) -> tuple[WebR
             config,
             node.settings.rtc_connect_seconds,
         )
+        session.access = Access.of(claims)
         record = await node.registry.find(claims.org_id, claims.agent_id)
         peer = await engine.answer(request.sdp, session)
         try:

@@ -191,7 +191,9 @@ async def test_one_stream_sees_two_agents_on_two_nodes_in_one_rising_seq(
     events = [f for f in got if "seq" in f]
     seqs = [f["seq"] for f in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
-    assert names(got, beta)[:3] == ["llm.chat.started", "chat.message", "bot.reply"]
+    # turn.end follows each chat.message (issue 18 item 1); the agent's bot.reply is its answer.
+    assert names(got, beta)[:3] == ["llm.chat.started", "chat.message", "turn.end"]
+    assert "bot.reply" in names(got, beta)
     assert names(got, beta)[-2:] == ["call.ended", "llm.chat.ended"]
     assert names(got, alpha) == ["call.started", "call.hangup", "call.ended"]
     message = next(f for f in events if f["event"] == "chat.message")

@@ -58,8 +58,10 @@ class SdkAgent:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
-            self._dispatch(await self.sdk.recv(timeout=3600))
+        # ws.recv() itself, not SdkClient.recv(): asyncio.wait_for on 3.11 can swallow the
+        # cancel of close() when a frame lands at the same moment, and the task lives on.
+        async for raw in self.sdk.ws:
+            self._dispatch(json.loads(raw))
 
     def _dispatch(self, wire: dict[str, Any]) -> None:
         name, call_id = wire.get("event"), wire.get("call_id")

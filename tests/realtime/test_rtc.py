@@ -181,10 +181,15 @@ async def test_history_commands_are_answered(http: httpx.AsyncClient, agent: tup
             {"event": "history.add", "call_id": call_id, "messages": [{"role": "system", "text": "x"}]}
         )
         assert (await sdk.wait_for("history.updated"))["count"] == 2
-        for name_ in ("history.set_vars", "history.add_context", "history.set_instructions", "history.clear"):
-            await sdk.send({"event": name_, "call_id": call_id})
+        for name_, fields in (
+            ("history.set_vars", {"vars": {"name": "Ada"}}),
+            ("history.add_context", {"text": "VIP"}),
+            ("history.set_instructions", {"prompt": "Be brief."}),
+            ("history.clear", {}),
+        ):
+            await sdk.send({"event": name_, "call_id": call_id, **fields})
             updated = await sdk.wait_for("history.updated")
-            assert updated["call_id"] == call_id
+            assert updated["call_id"] == call_id and "error" not in updated
         assert updated["count"] == 0
 
 
