@@ -227,6 +227,7 @@ class Conversations:
             "event": "whatsapp.status",
             "message_id": update.message_id,
             "status": update.status,
+            "recipient": update.recipient_id,  # the SDK's field (docs/guides/whatsapp.md)
             "recipient_id": update.recipient_id,
             "timestamp": update.timestamp,
             "phone_number_id": update.phone_number_id,
@@ -294,6 +295,7 @@ class Conversations:
                 session,
                 {
                     "event": "whatsapp.response",
+                    "to": session.contact,
                     "text": text,
                     "message_id": message_id,
                     "wa_message_ids": sent,

@@ -293,6 +293,7 @@ async def test_one_session_per_contact_and_statuses_carry_its_call_id(stack: Sta
     await stack.service.receive(body, sign(body, SECRET))
     frame = await conn.next("whatsapp.status")
     assert frame["call_id"] == started[1]["call_id"] and frame["status"] == "delivered"
+    assert frame["recipient"] == frame["recipient_id"] == "2"
 
 
 async def test_message_for_an_offline_number_is_delivered_when_its_agent_registers(
