@@ -1,9 +1,9 @@
 """``WS /chat/ws?token=<cht_...>[&thread=<id>]``: a text chat between a browser and an agent
 (CONTRACT §4, §6).
 
-Admission, in this order, each refusal a close frame with code ``exc.ws_close_code`` and the
-error ``code`` as reason, and nothing sent before it (a client must see the close on its first
-``recv``): bad ``thread`` → ``bad_request``; forged, expired or wrong-channel token (checked by
+Admission, in this order, each refusal an ``error {error, code}`` frame (what the web client's
+ChatSession waits for) then a close frame with code ``exc.ws_close_code`` and the error ``code``
+as reason: bad ``thread`` → ``bad_request``; forged, expired or wrong-channel token (checked by
 arithmetic, nothing spent); no room → 1013 ``at_capacity``; agent online on no node →
 ``agent_not_online``; only then the token is consumed (``token_spent`` on a second use). A slot
 is reserved before the consume, so a refused session never burns its token
@@ -355,7 +355,12 @@ def _client_ip(websocket: WebSocket, settings: Settings) -> str:
 
 
 async def _refuse(websocket: WebSocket, exc: VoiceError) -> None:
+    """An ``error`` frame, then the close naming the code (CONTRACT §4): the web client's
+    ChatSession leaves ``connecting`` only on an ``error`` event (pinecall/web
+    src/chat/ChatSession.ts); a close alone left the page connecting for good."""
     event(log, "chat refused", code=exc.code, detail=exc.detail)
+    with contextlib.suppress(Exception):
+        await websocket.send_json(error_frame(exc.detail, exc.code))
     with contextlib.suppress(Exception):
         await websocket.close(exc.ws_close_code, exc.code)
 

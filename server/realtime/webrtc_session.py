@@ -371,11 +371,17 @@ class WebRtcSession(Session):
         peer = self.peer
         if peer is None:
             return
-        if reason in TIMEOUT_REASONS:
+        if reason != "peer_disconnected":
+            # Every end the server decides (hangup, agent offline, shutdown, timeouts) reaches the
+            # browser as session.timeout {reason}: @pinecall/web's VoiceSession hangs up at once
+            # only on that (src/core/VoiceSession.ts); it ignores call.ended and the data
+            # channel's close, and Chromium keeps the peer "connected" after ours closes until
+            # ICE consent fails, ~5 s later (issue 18 item 11: the page noticed 5.1 s late).
             timeout = {"event": "session.timeout", "reason": reason}
             self.to_browser(timeout)
-            with contextlib.suppress(Exception):
-                await self.send_to_agent(timeout)
+            if reason in TIMEOUT_REASONS:  # the agent's session.timeout means a timeout
+                with contextlib.suppress(Exception):
+                    await self.send_to_agent(timeout)
         self.to_browser({"event": "call.ended", "reason": reason})
         if reason != "peer_disconnected":
             await peer.flush()

@@ -4,9 +4,10 @@ A conversation is keyed by (org, agent, phone number id, contact). Its first mes
 ``whatsapp.session_started`` to the agent, every message ``whatsapp.message``; the agent's
 ``bot.reply {call_id "wa-..."}`` reaches the session through ``node.calls`` and goes out as
 ``POST {graph}/{phone_number_id}/messages``; its ``history.*`` commands act on the conversation's
-messages as on a chat's. A conversation ends (``whatsapp.session_ended``)
-when Meta's 24 h customer-service window since the contact's last message closes, after the
-idle timeout, on ``call.hangup``, or when the agent goes offline.
+messages (the contact's texts and the sent replies, each cut to ``MAX_MESSAGE_CHARS``) as on a
+chat's. A conversation ends (``whatsapp.session_ended``) when Meta's 24 h customer-service
+window since the contact's last message closes, after the idle timeout, on ``call.hangup``, or
+when the agent goes offline.
 
 These are not :class:`server.services.sessions.Session` objects on purpose: a WhatsApp
 conversation holds no media and lasts up to a day, so it must not count against the per-node
@@ -39,7 +40,7 @@ from server.errors import AgentNotOnline
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
-from server.services.history import HISTORY_COMMANDS, LocalHistory, Memory, Message
+from server.services.history import HISTORY_COMMANDS, MAX_MESSAGE_CHARS, LocalHistory, Memory, Message
 
 log = logging.getLogger("voice.whatsapp")
 Clock = Callable[[], float]
@@ -183,7 +184,7 @@ class Conversations:
         session.message_count += 1
         session.contact_name = msg.contact_name or session.contact_name
         if msg.text:
-            await session.memory.history.append([Message("user", msg.text)])
+            await session.memory.history.append([Message("user", msg.text[:MAX_MESSAGE_CHARS])])
         frame: dict[str, Any] = {
             "event": "whatsapp.message",
             "from": msg.contact,
@@ -227,6 +228,7 @@ class Conversations:
             "event": "whatsapp.status",
             "message_id": update.message_id,
             "status": update.status,
+            "recipient": update.recipient_id,  # the SDK's field (docs/guides/whatsapp.md)
             "recipient_id": update.recipient_id,
             "timestamp": update.timestamp,
             "phone_number_id": update.phone_number_id,
@@ -289,11 +291,12 @@ class Conversations:
                     sent.append(
                         await self.graph.send_text(session.phone_number_id, token, session.contact, part)
                     )
-                await session.memory.history.append([Message("assistant", text)])
+                await session.memory.history.append([Message("assistant", text[:MAX_MESSAGE_CHARS])])
             await self._send(
                 session,
                 {
                     "event": "whatsapp.response",
+                    "to": session.contact,
                     "text": text,
                     "message_id": message_id,
                     "wa_message_ids": sent,

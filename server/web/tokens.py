@@ -9,8 +9,9 @@ Two ways in, and nothing else:
   (what a stranger probing agent ids sees) count against a per-client-IP bucket of the public
   rate limit (README, Security).
 
-CORS headers go to matching origins only, always with ``Vary: Origin``; the preflight carries
-the same query string and is judged against the same agent.
+A token goes to matching origins only: a 200 carries CORS headers only for them, always with
+``Vary: Origin``; the preflight carries the same query string and is judged against the same
+agent. A refusal lets any well-formed origin read it (``_refusal_cors``).
 
 These routes sit on every page load of every customer's app, so they are plain ASGI
 endpoints: one pass over the raw headers, the query string parsed once, the answer written
@@ -32,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.core.apikeys import KeyKind, kind_of, parse_bearer
 from server.core.clientip import client_ip
-from server.core.origins import Origin, matched_pattern, origin_allowed
+from server.core.origins import Origin, matched_pattern, origin_allowed, parse_origin
 from server.core.slugs import agent_slug
 from server.core.tokens import MAX_METADATA_BYTES, SCOPES, Channel, parse_metadata, parse_scope
 from server.errors import (
@@ -222,6 +223,17 @@ def _cors(origin: Origin | None) -> dict[str, str]:
     return headers
 
 
+def _refusal_cors(origin_header: str | None) -> dict[str, str]:
+    """CORS of a refused mint: readable by the page of any well-formed origin. A refusal holds no
+    token and nothing a request from outside a browser could not read, and without these headers
+    the page gets only "Failed to fetch" instead of the ``detail`` and ``code`` (the web client
+    reads the body of a refused mint: pinecall/web src/chat/ChatSession.ts; issue 18 item 4)."""
+    headers = _cors(parse_origin(origin_header))
+    if "Access-Control-Allow-Origin" in headers:
+        headers["Access-Control-Expose-Headers"] = "Retry-After"
+    return headers
+
+
 Headers = list[tuple[bytes, bytes]]
 _VARY = (b"vary", b"Origin")
 _NO_STORE = (b"cache-control", b"no-store")
@@ -337,7 +349,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
             )
         if isinstance(exc, RateLimited):
             node.metrics.rate_limited.labels("key" if path == "key" else "public").inc()
-        return _error(exc, _cors(cors_origin))
+        return _error(exc, _refusal_cors(origin_header))
     node.metrics.count_mint(channel.value, path)
     return _minted(minted.token, server, minted.expires_in, cors_origin)
 

@@ -4,6 +4,7 @@ in time."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 
@@ -63,8 +64,10 @@ async def test_sigterm_drains_then_exits_within_the_drain_timeout() -> None:
             await asyncio.sleep(max(0.0, STRAGGLER_SECONDS + 0.3 - (time.monotonic() - signalled)))
             refused = await websockets.connect(proc.ws_url + f"/chat/ws?token={spare}")
             try:
+                first = json.loads(await asyncio.wait_for(refused.recv(), 5))
+                assert first["event"] == "error", "a new session was admitted while draining"
                 await asyncio.wait_for(refused.recv(), 5)
-                raise AssertionError("a new session was admitted while draining")
+                raise AssertionError("the refusal was not closed")
             except websockets.ConnectionClosed as closed:
                 assert closed.rcvd is not None and closed.rcvd.code == 1013
 

@@ -172,6 +172,8 @@ async def consume(node: ServerProcess, token: str) -> str:
             async with websockets.connect(node.ws_url + f"/chat/ws?token={token}", close_timeout=1) as ws:
                 try:
                     first = json.loads(await ws.recv())
+                    if first.get("event") == "error":  # a refusal: its error frame, then the close
+                        await ws.recv()
                 except websockets.ConnectionClosed as closed:
                     code, reason = (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else (None, "")
                     expected = {"token_spent": 1008, "store_unavailable": 1011}.get(reason)

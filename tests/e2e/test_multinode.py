@@ -53,6 +53,8 @@ async def consume(node: ServerProcess, token: str) -> str:
     async with websockets.connect(node.ws_url + f"/chat/ws?token={token}") as ws:
         try:
             first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if first.get("event") == "error":  # a refusal: its error frame, then the close
+                await asyncio.wait_for(ws.recv(), 10)
         except websockets.ConnectionClosed as closed:
             return closed.rcvd.reason if closed.rcvd else "closed"
         return "ok" if first.get("event") == "chat.connected" else str(first)

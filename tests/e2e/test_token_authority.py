@@ -14,6 +14,7 @@ import httpx
 import pytest
 import websockets
 
+from server.core.origins import parse_origin
 from server.core.tokens import Channel, TokenCodec
 from server.core.whatsapp import sign
 from tests.support.procs import RedisProcess, ServerProcess, start_server
@@ -369,7 +370,10 @@ async def test_public_mint_refuses_hostile_origins(
     sdk = await online(server, name, allowed_origins=ORIGINS)
     response = await http.get("/chat/token", params={"agent_id": name}, headers={"Origin": origin})
     assert response.status_code == 403 and response.json()["code"] == "origin_not_allowed", response.text
-    assert "access-control-allow-origin" not in response.headers
+    assert "token" not in response.json()
+    # The refusal (never a token) is readable by a well-formed origin's page (issue 18 item 4).
+    parsed = parse_origin(origin)
+    assert response.headers.get("access-control-allow-origin") == (str(parsed) if parsed else None)
     assert response.headers["vary"] == "Origin"
     await sdk.close()
 

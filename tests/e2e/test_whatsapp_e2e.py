@@ -188,6 +188,7 @@ async def test_the_sdk_session_id_takes_replies_and_history_and_messages_carry_n
         )
         reply = await sdk.wait_for("whatsapp.response")
         assert reply["event"] == "whatsapp.response" and reply["session_id"] == session_id
+        assert reply["to"] == "34600999000"
         request = (await graph.await_requests(before + 1))[before]
         assert request.body["to"] == "34600999000" and request.body["text"]["body"] == "¡Hola Ana!"
         # session.getHistory(): what was set, then the reply the agent sent.

@@ -106,8 +106,13 @@ async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int,
 
 
 async def refused(url: str) -> tuple[int, str]:
+    """A refusal: one ``error`` frame naming the code (the web ChatSession waits for it), then
+    the close; nothing else."""
     async with websockets.connect(url) as ws:
-        return await closed_with(ws)
+        frame = await recv(ws)
+        code, reason = await closed_with(ws)
+        assert frame["event"] == "error" and frame["code"] == reason and frame["error"], frame
+        return code, reason
 
 
 # -- fixtures -----------------------------------------------------------------------------------

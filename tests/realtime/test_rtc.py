@@ -259,6 +259,8 @@ async def test_hangup_ends_the_call_and_closes_the_peer(
         await sdk.send({"event": "call.hangup", "call_id": started["call_id"]})
         ended = await sdk.wait_for("call.ended")
         assert ended["call_id"] == started["call_id"] and ended["reason"] == "hangup"
+        # session.timeout first: the one event @pinecall/web hangs up on (issue 18 item 11).
+        assert (await peer.wait_for("session.timeout"))["reason"] == "hangup"
         assert (await peer.wait_for("call.ended"))["reason"] == "hangup"
         counts = await wait_counts(http, 0)
         assert counts["peers"] == 0 and counts["by_transport"].get("webrtc", 0) == 0

@@ -19,6 +19,7 @@ from server.core.whatsapp import phone_number_ids, sample_payload, sign
 from server.errors import BadRequest, RegistrationError, SignatureError, SignatureRequired, VerifyTokenInvalid
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.calls import CallRouter
+from server.services.history import MAX_MESSAGE_CHARS
 from server.services.whatsapp import WhatsAppService
 from server.settings import Settings
 from server.store import Store
@@ -293,6 +294,7 @@ async def test_one_session_per_contact_and_statuses_carry_its_call_id(stack: Sta
     await stack.service.receive(body, sign(body, SECRET))
     frame = await conn.next("whatsapp.status")
     assert frame["call_id"] == started[1]["call_id"] and frame["status"] == "delivered"
+    assert frame["recipient"] == frame["recipient_id"] == "2"
 
 
 async def test_message_for_an_offline_number_is_delivered_when_its_agent_registers(
@@ -361,6 +363,29 @@ async def test_bot_reply_is_sent_through_the_graph_api(stack: Stack, graph: Fake
     assert request.headers["authorization"] == "Bearer EAAG-token"
     assert request.body["to"] == "15550001" and request.body["text"]["body"] == "¡Hola! @you"
     assert request.body["messaging_product"] == "whatsapp" and request.body["type"] == "text"
+
+
+async def test_history_holds_the_conversation_with_each_message_bounded(
+    stack: Stack, graph: FakeGraph
+) -> None:
+    """history.get on a conversation: the contact's text and the sent reply, the reply cut to
+    MAX_MESSAGE_CHARS (a conversation lives up to a day; its memory must stay bounded)."""
+    conn = await stack.agent("org", "bot", "111")
+    message = await start_conversation(stack, conn)
+    long = "x" * (MAX_MESSAGE_CHARS + 500)
+    await reply(stack, message["call_id"], long)
+    assert (await conn.next("whatsapp.response", "error"))["event"] == "whatsapp.response"
+    handler = stack.calls.get(message["call_id"], "org")
+    assert handler is not None
+    await handler.on_agent_command(
+        {"event": "history.get", "call_id": message["call_id"], "request_id": "r1"}
+    )
+    data = await conn.next("history.data", "error")
+    assert data["request_id"] == "r1" and data["session_id"] == message["call_id"]
+    assert [(m["role"], len(m["content"])) for m in data["messages"]] == [
+        ("user", len(message["text"])),
+        ("assistant", MAX_MESSAGE_CHARS),
+    ]
 
 
 async def test_bot_reply_is_retried_after_a_5xx(stack: Stack, graph: FakeGraph) -> None:
