@@ -111,7 +111,7 @@ def token_digest(token: str) -> str:
 
 def safe_challenge(challenge: str | None) -> str | None:
     """The challenge if it is safe to echo (bounded, URL-safe characters only), else None."""
-    if challenge is None or not 0 < len(challenge) <= MAX_CHALLENGE or not _CHALLENGE.match(challenge):
+    if challenge is None or not 0 < len(challenge) <= MAX_CHALLENGE or not _CHALLENGE.fullmatch(challenge):
         return None
     return challenge
 

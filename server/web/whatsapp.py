@@ -54,11 +54,14 @@ async def receive(request: Request) -> Response:
     return JSONResponse({"status": "ok", "events": accepted})
 
 
+async def webhook(request: Request) -> Response:
+    return await (receive(request) if request.method == "POST" else verify(request))
+
+
 def routes() -> list[Route]:
-    return [
-        Route("/whatsapp/webhook", verify, methods=["GET"]),
-        Route("/whatsapp/webhook", receive, methods=["POST"]),
-    ]
+    # One route for both methods: a 405 then lists them all in ``Allow`` (RFC 9110 §15.5.6); two
+    # routes on one path each answered with only their own method.
+    return [Route("/whatsapp/webhook", webhook, methods=["GET", "POST"])]
 
 
 def operations() -> list[openapi.Operation]:
