@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from server.core.text import is_ascii_number
 from server.core.whatsapp import SIGNATURE_HEADER
 from server.errors import (
     BadRequest,
@@ -26,7 +27,7 @@ from server.web import openapi
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if is_ascii_number(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"webhook body of {declared} bytes is larger than {limit}")
     chunks: list[bytes] = []
     size = 0

@@ -3,6 +3,8 @@ server process so it cannot come back."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterator
 
 import httpx
@@ -63,3 +65,29 @@ def test_agent_info_for_an_id_without_letters_or_digits_is_a_documented_400(serv
     document = httpx.get(server.url + "/openapi.json", timeout=5).json()
     assert "400" in document["paths"]["/api/sdk/agent-info/{agent}"]["get"]["responses"]
     assert "400" in document["paths"]["/api/sdk/agents/{slug}"]["delete"]["responses"]
+
+
+def test_a_non_utf8_whatsapp_app_secret_verifies_webhooks_by_its_bytes() -> None:
+    """Found by tests/properties/test_whatsapp.py: a VOICE_WHATSAPP_APP_SECRET that is not UTF-8
+    (os.environ holds it surrogateescape'd) raised UnicodeEncodeError on every webhook: a 500."""
+    raw_secret = b"\xffmeta-app-secret"
+    proc = start_server(
+        {
+            "VOICE_TOKEN_SECRET": "found-secret-0123456789abcdef0123456",
+            "VOICE_WHATSAPP_APP_SECRET": raw_secret.decode("utf-8", "surrogateescape"),
+        }
+    )
+    try:
+        body = b'{"object":"whatsapp_business_account","entry":[]}'
+        good = "sha256=" + hmac.new(raw_secret, body, hashlib.sha256).hexdigest()
+        bad = "sha256=" + hmac.new(b"other", body, hashlib.sha256).hexdigest()
+        for header, status in ((good, 200), (bad, 403)):
+            response = httpx.post(
+                proc.url + "/whatsapp/webhook",
+                content=body,
+                headers={"X-Hub-Signature-256": header, "Content-Type": "application/json"},
+                timeout=5,
+            )
+            assert response.status_code == status, response.text
+    finally:
+        proc.stop()
