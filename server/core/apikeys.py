@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
+from server.core.text import utf8
+
 
 class KeyKind(StrEnum):
     SECRET = "secret"  # noqa: S105 - a kind name, not a password
@@ -50,7 +52,7 @@ def new_key_id() -> str:
 
 
 def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(utf8(secret)).hexdigest()
 
 
 def kind_of(secret: str) -> KeyKind:
@@ -58,7 +60,7 @@ def kind_of(secret: str) -> KeyKind:
 
 
 def same_digest(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    return hmac.compare_digest(utf8(a), utf8(b))
 
 
 def parse_bearer(header: str | None) -> str | None:

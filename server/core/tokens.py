@@ -26,6 +26,7 @@ from itsdangerous import BadData, Signer
 from itsdangerous.encoding import base64_decode
 
 from server.core import strictjson
+from server.core.text import utf8
 from server.errors import BadRequest, TokenExpired, TokenInvalid, TokenWrongChannel
 
 
@@ -90,7 +91,7 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     """Sealed metadata from the query string: a JSON object of at most 2 KB (CONTRACT §1)."""
     if raw is None or raw == "":
         return {}
-    if len(raw.encode("utf-8", "surrogateescape")) > MAX_METADATA_BYTES:
+    if len(utf8(raw)) > MAX_METADATA_BYTES:
         raise BadRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
     try:
         value = strictjson.loads(raw)

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from server.core.text import utf8
+
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 SIGNATURE_PREFIX = "sha256="
 MAX_CHALLENGE = 256
@@ -49,7 +51,7 @@ class SignatureVerdict:
 
 def sign(body: bytes, secret: str) -> str:
     """The ``X-Hub-Signature-256`` header value Meta would send for ``body``."""
-    return SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return SIGNATURE_PREFIX + hmac.new(utf8(secret), body, hashlib.sha256).hexdigest()
 
 
 def parse_signature(header: str | None) -> bytes | SignatureVerdict:
@@ -78,7 +80,7 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[str]) ->
         return presented
     matched = False
     for secret in secrets:  # no early exit: the time taken does not say which secret matched
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+        expected = hmac.new(utf8(secret), body, hashlib.sha256).digest()
         matched |= hmac.compare_digest(expected, presented)
     return SignatureVerdict(True, Reason.OK) if matched else SignatureVerdict(False, Reason.NO_MATCH)
 
@@ -96,22 +98,22 @@ def channel_secrets(channel: Mapping[str, Any] | None) -> tuple[str, ...]:
 # -- subscription check (GET) -------------------------------------------------------------------
 def token_matches(presented: str, candidates: Iterable[str]) -> bool:
     """Constant-time comparison of a verify token against every candidate."""
-    given = presented.encode()
+    given = utf8(presented)
     found = False
     for candidate in candidates:
         if candidate:
-            found |= hmac.compare_digest(given, candidate.encode())
+            found |= hmac.compare_digest(given, utf8(candidate))
     return found
 
 
 def token_digest(token: str) -> str:
     """The store index of a verify token: its digest, so the token itself is never a key."""
-    return hashlib.sha256(b"wa-verify:" + token.encode()).hexdigest()
+    return hashlib.sha256(b"wa-verify:" + utf8(token)).hexdigest()
 
 
 def safe_challenge(challenge: str | None) -> str | None:
     """The challenge if it is safe to echo (bounded, URL-safe characters only), else None."""
-    if challenge is None or not 0 < len(challenge) <= MAX_CHALLENGE or not _CHALLENGE.match(challenge):
+    if challenge is None or not 0 < len(challenge) <= MAX_CHALLENGE or not _CHALLENGE.fullmatch(challenge):
         return None
     return challenge
 
@@ -362,7 +364,7 @@ def session_end_reason(now: float, last_contact_at: float, last_activity: float,
 
 def store_id(text: str) -> str:
     """Store keys from ids Meta sends: as they are when short, a digest when long."""
-    return text if len(text) <= 128 else hashlib.sha256(text.encode()).hexdigest()
+    return text if len(text) <= 128 else hashlib.sha256(utf8(text)).hexdigest()
 
 
 def seen_key(ev: WebhookEvent) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.core import strictjson
+from server.core.text import utf8
 from server.errors import BadRequest, PayloadTooLarge
 
 Frame = dict[str, Any]
@@ -27,7 +28,7 @@ def parse_object(text: str | bytes | None, max_bytes: int) -> Frame:
     """A JSON object within ``max_bytes``; BadRequest / PayloadTooLarge otherwise."""
     if text is None:
         raise BadRequest("binary frames are not supported; send JSON text")
-    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogateescape"))
+    size = len(text) if isinstance(text, bytes) else len(utf8(text))
     if size > max_bytes:
         raise PayloadTooLarge(f"frame of {size} bytes is larger than {max_bytes}")
     try:

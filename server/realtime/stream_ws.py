@@ -37,6 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from server.core.scopes import SUPERVISE_ACTIONS, Access
 from server.core.slugs import agent_slug
+from server.core.text import is_ascii_number
 from server.core.tokens import Channel, Claims
 from server.core.wire import error_frame, parse_object, text_field
 from server.errors import (
@@ -73,7 +74,7 @@ class _Query:
         raw_after = params.get("after")
         self.after: int | None = None
         if raw_after is not None and raw_after != "":
-            if not raw_after.isdigit() or int(raw_after) > MAX_AFTER:
+            if not is_ascii_number(raw_after) or int(raw_after) > MAX_AFTER:
                 raise BadRequest(f"after must be a whole number from 0 to {MAX_AFTER}")
             self.after = int(raw_after)
 

@@ -58,7 +58,7 @@ class Message:
 
 def valid_thread(thread: str) -> bool:
     """1-128 characters of letters, digits and ``_ . : -`` (it becomes part of a store key)."""
-    return bool(_THREAD.match(thread))
+    return bool(_THREAD.fullmatch(thread))  # fullmatch: `$` alone also matches before a final "\n"
 
 
 def thread_indexes(

@@ -22,6 +22,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
 from server.core.redaction import masked_url
+from server.core.text import is_ascii_number
 from server.store.base import Store
 from server.store.memory import MemoryStore
 from server.store.redis import RedisStore
@@ -69,7 +70,7 @@ def _hosts(netloc: str) -> tuple[str | None, list[tuple[str, int]]]:
     hosts = []
     for part in netloc.split(","):
         host, _, port = part.strip().rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not is_ascii_number(port):
             raise ValueError(f"expected host:port in the store URL, got {part!r}")
         hosts.append((host.strip("[]"), int(port)))
     return password, hosts

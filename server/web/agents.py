@@ -21,7 +21,7 @@ from starlette.routing import Route
 from server.core.apikeys import KeyKind, kind_of, parse_bearer
 from server.core.origins import origin_allowed
 from server.core.slugs import agent_slug
-from server.errors import AgentNotOnline, InvalidApiKey, StoreUnavailable
+from server.errors import AgentNotOnline, BadRequest, InvalidApiKey, StoreUnavailable
 from server.services import displace
 from server.services.agents import patterns_of
 from server.services.node import Node
@@ -173,7 +173,7 @@ def operations() -> list[openapi.Operation]:
                     {"Vary": openapi.header("always `Origin`", required=True)},
                 )
             },
-            errors=(AgentNotOnline, StoreUnavailable),
+            errors=(BadRequest, AgentNotOnline, StoreUnavailable),
         ),
         openapi.Operation(
             "get",
@@ -218,7 +218,7 @@ def operations() -> list[openapi.Operation]:
                     },
                 )
             },
-            errors=(*_KEY_ERRORS, AgentNotOnline),
+            errors=(BadRequest, *_KEY_ERRORS, AgentNotOnline),
             security=openapi.SECRET_KEY,
         ),
     ]

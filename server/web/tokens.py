@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from server.core.apikeys import KeyKind, kind_of, parse_bearer
 from server.core.clientip import client_ip
 from server.core.origins import Origin, matched_pattern, origin_allowed, parse_origin
-from server.core.slugs import agent_slug
+from server.core.slugs import MAX_AGENT_ID, agent_slug
 from server.core.tokens import MAX_METADATA_BYTES, SCOPES, Channel, parse_metadata, parse_scope
 from server.errors import (
     AgentNotOnline,
@@ -285,7 +285,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
         params = request.params
         scope = parse_scope(params.get("scope"))
         call_id = params.get("call_id") or None
-        if call_id is not None and not _CALL_ID.match(call_id):
+        if call_id is not None and not _CALL_ID.fullmatch(call_id):
             raise BadRequest("call_id must be 1-128 characters of letters, digits and _ . : -")
         credential = parse_bearer(request.authorization)
         if credential == "":
@@ -432,15 +432,30 @@ _CORS_HEADERS = {
 }
 
 
-def _mint_parameters(channel: Channel) -> tuple[dict[str, Any], ...]:
-    agent = (
-        f"the agent's slug; up to {MAX_STREAM_AGENTS} comma-joined"
-        if channel is Channel.STREAM
-        else "the agent's slug"
+def _agent_id_parameter(channel: Channel) -> dict[str, Any]:
+    # agent_slug keeps a-z, 0-9 and '-' of the lower-cased id: one of them must be there.
+    if channel is Channel.STREAM:
+        part = r"[^,]*[A-Za-z0-9][^,]*"
+        return openapi.query(
+            "agent_id",
+            f"agent slugs, up to {MAX_STREAM_AGENTS} comma-joined, each at most {MAX_AGENT_ID} characters",
+            {"type": "string", "pattern": f"^{part}(,{part}){{0,{MAX_STREAM_AGENTS - 1}}}$"},
+            required=True,
+        )
+    return openapi.query(
+        "agent_id",
+        "the agent's id (slugified: case, spaces and '_' do not matter)",
+        {"type": "string", "maxLength": MAX_AGENT_ID, "pattern": "^[^,]*[A-Za-z0-9][^,]*$"},
+        required=True,
     )
+
+
+def _mint_parameters(channel: Channel) -> tuple[dict[str, Any], ...]:
     return (
-        openapi.query("agent_id", agent, required=True),
-        openapi.query("scope", "what the stream socket may do", {"type": "string", "enum": sorted(SCOPES)}),
+        _agent_id_parameter(channel),
+        openapi.query(
+            "scope", "what the stream socket may do", {"type": "string", "enum": ["", *sorted(SCOPES)]}
+        ),
         openapi.query(
             "call_id", "a call to narrow the token to", {"type": "string", "pattern": _CALL_ID.pattern}
         ),
@@ -451,6 +466,19 @@ def _mint_parameters(channel: Channel) -> tuple[dict[str, Any], ...]:
         ),
         openapi.request_header("Origin", "the browser's origin; judged against the agent's allowed_origins"),
     )
+
+
+def _minted_response(channel: Channel) -> dict[str, Any]:
+    response = openapi.json_ok("A token", _MINTED_SCHEMA, _CORS_HEADERS)
+    if channel is Channel.WEBRTC:  # the token's one use over HTTP (the others open WebSockets)
+        response["links"] = {
+            "OpenWebRtcSession": {
+                "operationId": "post_webrtc_offer",
+                "requestBody": {"type": "offer", "sdp": "v=0", "token": "$response.body#/token"},
+                "description": "Present the token with an SDP offer",
+            }
+        }
+    return response
 
 
 def operations() -> list[openapi.Operation]:
@@ -467,7 +495,7 @@ def operations() -> list[openapi.Operation]:
                 "org's online agents, and `metadata` may be sealed. Without one (or with a "
                 "publishable key), the `Origin` must match the agent's `allowed_origins`.",
                 parameters=_mint_parameters(channel),
-                ok={"200": openapi.json_ok("A token", _MINTED_SCHEMA, _CORS_HEADERS)},
+                ok={"200": _minted_response(channel)},
                 errors=_MINT_ERRORS,
                 security=openapi.OPTIONAL_KEY,
             ),
@@ -478,7 +506,7 @@ def operations() -> list[openapi.Operation]:
                 tag="tokens",
                 description="Judged against the agent named in the same query string.",
                 parameters=(
-                    openapi.query("agent_id", "the agent's slug", required=True),
+                    _agent_id_parameter(channel),
                     openapi.request_header("Origin", "the browser's origin", required=True),
                 ),
                 ok={

@@ -32,6 +32,7 @@ from server.core.sessionconfig import (
     merge_metadata,
     parse_offer,
 )
+from server.core.text import is_ascii_number
 from server.core.tokens import MAX_TOKEN_LENGTH, Channel
 from server.errors import (
     AgentNotOnline,
@@ -90,7 +91,7 @@ async def ice_servers(request: Request) -> Response:
 
 async def _body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_OFFER_BYTES:
+    if declared is not None and is_ascii_number(declared) and int(declared) > MAX_OFFER_BYTES:
         raise PayloadTooLarge(f"the offer body is larger than {MAX_OFFER_BYTES} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from server.core.text import is_ascii_number
 from server.core.whatsapp import SIGNATURE_HEADER
 from server.errors import (
     BadRequest,
@@ -27,7 +28,7 @@ from server.web import openapi
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if is_ascii_number(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"webhook body of {declared} bytes is larger than {limit}")
     chunks: list[bytes] = []
     size = 0
@@ -62,11 +63,14 @@ async def receive(request: Request) -> Response:
     return JSONResponse({"status": "ok", "events": accepted})
 
 
+async def webhook(request: Request) -> Response:
+    return await (receive(request) if request.method == "POST" else verify(request))
+
+
 def routes() -> list[Route]:
-    return [
-        Route("/whatsapp/webhook", verify, methods=["GET"]),
-        Route("/whatsapp/webhook", receive, methods=["POST"]),
-    ]
+    # One route for both methods: a 405 then lists them all in ``Allow`` (RFC 9110 §15.5.6); two
+    # routes on one path each answered with only their own method.
+    return [Route("/whatsapp/webhook", webhook, methods=["GET", "POST"])]
 
 
 def operations() -> list[openapi.Operation]:

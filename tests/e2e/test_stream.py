@@ -243,6 +243,7 @@ async def test_the_query_is_checked_before_the_token_is_spent(
     assert await refusal(a, token, f"&agent={beta}") == "token_wrong_agent"
     assert await refusal(a, token, "&after=-1") == "bad_request"
     assert await refusal(a, token, "&after=1e3") == "bad_request"
+    assert await refusal(a, token, "&after=%C2%B2") == "bad_request"  # "²" passes str.isdigit()
     assert await refusal(a, token, "&session=" + "x" * 200) == "bad_request"
     chat_token = (await mint(http, a, "chat", alpha))["token"]
     assert await refusal(a, chat_token) == "token_wrong_channel"
