@@ -30,6 +30,7 @@ the code as reason on WebSockets)::
     ├── SessionNotFound            404 session_not_found
     ├── FaultNotFound              404 fault_not_found
     ├── DialFailed                 400 dial_failed (sent as call.error)
+    ├── InjectedFault              (the status and code a fault gives; default 503 fault_injected)
     ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
     ├── NotSupported               501 not_supported
     ├── CapacityExceeded           503 at_capacity
@@ -214,6 +215,20 @@ class DialFailed(VoiceError):
     the SDK's ``agent.dial()`` rejects at once (an ``error`` frame reaches only the client)."""
 
     status, code, ws_close_code, frame_code = 400, "dial_failed", 1008, "DIAL_FAILED"
+
+
+class InjectedFault(VoiceError):
+    """A refusal asked for by ``POST /_voice/faults`` (``mint/fail``, ``consume/fail``): the
+    status and code of the fault, so a test sees exactly the refusal it set up."""
+
+    status, code, ws_close_code, frame_code = 503, "fault_injected", 1011, "FAULT_INJECTED"
+
+    def __init__(self, detail: str, status: int = 503, code: str = "fault_injected") -> None:
+        super().__init__(detail)
+        # Per instance: the class values are the default. setattr, as they are ClassVars.
+        setattr(self, "status", status)  # noqa: B010
+        setattr(self, "code", code)  # noqa: B010
+        setattr(self, "ws_close_code", 1011 if status >= 500 else 1008)  # noqa: B010
 
 
 class SlowConsumer(VoiceError):

@@ -20,7 +20,7 @@ from server.logsink import AccessSink
 from server.realtime.chat_ws import chat_asgi, chat_endpoint
 from server.realtime.client_ws import client_endpoint
 from server.realtime.stream_ws import stream_endpoint
-from server.services import displace
+from server.services import control, displace
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
@@ -54,6 +54,11 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         app.state.node = node
         webrtc_http.install(app, node)
         displace.install(node)
+        if settings.inspect:
+            control.install(node)
+            await control.load_clock(node)  # a node started after a clock advance keeps to it
+            if node.faults is not None:
+                await node.faults.reload()
         try:
             if on_ready is not None:
                 await on_ready(node)

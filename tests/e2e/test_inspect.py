@@ -276,3 +276,290 @@ async def test_every_node_answers_for_the_deployment(
     journal_b = (await get(http, b, "/_voice/journal", limit=1000))["items"]
     assert [e["seq"] for e in journal_a] == [e["seq"] for e in journal_b]
     assert {e["node"] for e in journal_a} >= {"node-a", "node-b"}
+
+
+# -- reset -------------------------------------------------------------------------------------
+async def post(http: httpx.AsyncClient, server: ServerProcess, path: str, body: Any = None) -> Any:
+    answer = await http.post(server.url + path, json=body, headers=ADMIN_AUTH)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def close_reason(ws: websockets.ClientConnection, timeout: float = 10.0) -> str:
+    """Read until the server closes the socket; its close reason."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    rcvd = closed.value.rcvd
+    return rcvd.reason if rcvd is not None else ""
+
+
+async def test_reset_ends_live_sessions_and_forgets_tokens(
+    dev: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    unused = await mint(http, dev)
+    live = await mint(http, dev)
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={live}") as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == "chat.connected"
+        answer = await post(http, dev, "/_voice/reset")
+        assert answer["reset"] is True
+        assert {"tokens", "sessions", "journal", "timelines", "rate_limits", "whatsapp"} <= set(
+            answer["families"]
+        )
+        assert "agents" not in answer["families"]
+        await close_reason(ws)
+    assert (await get(http, dev, "/_voice/tokens"))["items"] == []
+    ended = (await get(http, dev, "/_voice/journal", kind="session.end"))["items"]
+    assert [e["reason"] for e in ended] == ["reset"]
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={unused}") as ws:
+        assert await close_reason(ws) == "token_spent"  # its id is gone: it can never be used
+    assert (await get(http, dev, "/_voice/health"))["inspect"] is True  # agents stayed:
+    await mint(http, dev)
+
+
+async def test_reset_with_agents_takes_them_offline(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    sdk = await SdkClient.connect(dev.url, KEY)
+    await sdk.create_agent("resettable")
+    await mint(http, dev, agent="resettable")
+    answer = await post(http, dev, "/_voice/reset", {"agents": True})
+    assert "agents" in answer["families"]
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await sdk.recv()
+    gone = await http.get(f"{dev.url}/chat/token", params={"agent_id": "resettable"}, headers=AUTH)
+    assert gone.json()["code"] == "agent_not_online"
+
+
+@pytest.mark.parametrize("body", [{"agents": "yes"}, {"surprise": 1}, [1], "reset", 3])
+async def test_bad_reset_bodies_are_invalid_requests(
+    dev: ServerProcess, http: httpx.AsyncClient, body: Any
+) -> None:
+    answer = await http.post(dev.url + "/_voice/reset", json=body)
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request")
+    broken = await http.post(dev.url + "/_voice/reset", content=b"{not json")
+    assert (broken.status_code, broken.json()["code"]) == (400, "invalid_request")
+
+
+async def test_reset_on_one_node_ends_sessions_on_the_other(
+    pair: list[ServerProcess], http: httpx.AsyncClient
+) -> None:
+    a, b = pair
+    token = await mint(http, b)
+    async with websockets.connect(b.ws_url + f"/chat/ws?token={token}") as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == "chat.connected"
+        await post(http, a, "/_voice/reset")
+        await close_reason(ws)
+
+    async def ended() -> list[dict[str, Any]]:
+        return list((await get(http, a, "/_voice/journal", kind="session.end"))["items"])
+
+    entries = await eventually(ended)
+    assert [(e["reason"], e["node"]) for e in entries] == [("reset", "node-b")]
+    assert (await get(http, b, "/_voice/tokens"))["items"] == []
+
+
+# -- clock -------------------------------------------------------------------------------------
+async def test_an_advance_expires_a_token_without_sleeping(
+    dev: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    token = await mint(http, dev)
+    try:
+        moved = await post(http, dev, "/_voice/clock", {"advance_seconds": 120})
+        assert moved["offset_seconds"] == 120 and moved["now"] > 0
+        row = (await get(http, dev, "/_voice/tokens", state="expired"))["items"][-1]
+        assert row["state"] == "expired"
+        async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+            assert await close_reason(ws) == "token_expired"
+        refused = (await get(http, dev, "/_voice/journal", kind="consume.refused"))["items"]
+        assert refused[-1]["code"] == "token_expired"
+        fresh = await mint(http, dev)  # minted on the moved clock: valid on it
+        assert (await chat(dev, fresh, text=None))["event"] == "chat.connected"
+    finally:
+        back = await post(http, dev, "/_voice/clock", {"reset": True})
+    assert back["offset_seconds"] == 0
+    assert (await get(http, dev, "/_voice/clock"))["offset_seconds"] == 0
+
+
+async def test_an_advance_ends_an_idle_session(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    token = await mint(http, dev)
+    try:
+        async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+            connected = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await post(http, dev, "/_voice/clock", {"advance_seconds": 301})  # VOICE_SESSION_IDLE_SECONDS 300
+            await close_reason(ws, timeout=5)
+    finally:
+        await post(http, dev, "/_voice/clock", {"reset": True})
+    rows = (await get(http, dev, "/_voice/tokens", channel="chat", state="consumed"))["items"]
+    call_id = rows[-1]["consumed_by"]
+    session = await get(http, dev, f"/_voice/sessions/{call_id}")
+    assert connected["event"] == "chat.connected"
+    assert (session["state"], session["end_reason"]) == ("ended", "idle_timeout")
+
+
+async def test_the_clock_moves_on_every_node(pair: list[ServerProcess], http: httpx.AsyncClient) -> None:
+    a, b = pair
+    try:
+        await post(http, a, "/_voice/clock", {"advance_seconds": 30})
+        await post(http, b, "/_voice/clock", {"advance_seconds": 30})
+        seen = await get(http, a, "/_voice/clock")
+        assert seen["offset_seconds"] == 60
+        assert (await get(http, b, "/_voice/clock"))["offset_seconds"] == 60
+    finally:
+        await post(http, a, "/_voice/clock", {"reset": True})
+    assert (await get(http, b, "/_voice/clock"))["offset_seconds"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"advance_seconds": -1},
+        {"advance_seconds": 0},
+        {"advance_seconds": "60"},
+        {"advance_seconds": True},
+        {"advance_seconds": 1e12},
+        {"reset": False},
+        {"reset": True, "advance_seconds": 1},
+        {"when": "now"},
+        [60],
+    ],
+)
+async def test_bad_clock_bodies_are_invalid_requests(
+    dev: ServerProcess, http: httpx.AsyncClient, body: Any
+) -> None:
+    answer = await http.post(dev.url + "/_voice/clock", json=body)
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request"), answer.text
+
+
+# -- faults ------------------------------------------------------------------------------------
+async def add_fault(http: httpx.AsyncClient, server: ServerProcess, body: dict[str, Any]) -> Any:
+    answer = await http.post(server.url + "/_voice/faults", json=body, headers=ADMIN_AUTH)
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+@pytest.fixture
+async def no_faults(dev: ServerProcess, http: httpx.AsyncClient) -> AsyncIterator[None]:
+    yield
+    await http.delete(dev.url + "/_voice/faults")
+    await http.post(dev.url + "/_voice/clock", json={"reset": True})
+
+
+async def test_a_mint_fault_refuses_as_told_then_ends(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    item = await add_fault(
+        http,
+        dev,
+        {"target": "mint", "kind": "fail", "channel": "chat", "status": 503, "code": "boom", "count": 1},
+    )
+    assert (item["target"], item["kind"], item["remaining"], item["applied"]) == ("mint", "fail", 1, 0)
+    assert item["id"] in [f["id"] for f in (await get(http, dev, "/_voice/faults"))["items"]]
+    await mint(http, dev, "webrtc")  # another channel: not covered
+    refused = await http.get(f"{dev.url}/chat/token", params={"agent_id": "demo"}, headers=AUTH)
+    assert (refused.status_code, refused.json()["code"]) == (503, "boom")
+    await mint(http, dev)  # its one application is spent
+    applied = (await get(http, dev, "/_voice/journal", kind="fault.applied"))["items"]
+    assert (applied[-1]["fault_id"], applied[-1]["target"], applied[-1]["fault_kind"]) == (
+        item["id"],
+        "mint",
+        "fail",
+    )
+    assert (await get(http, dev, "/_voice/journal", kind="mint.refused"))["items"][-1]["code"] == "boom"
+    assert await eventually(lambda: _no_faults(http, dev))
+
+
+async def _no_faults(http: httpx.AsyncClient, server: ServerProcess) -> bool:
+    return not (await get(http, server, "/_voice/faults"))["items"]
+
+
+async def test_a_consume_fault_expires_with_the_clock(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    await add_fault(
+        http, dev, {"target": "consume", "kind": "fail", "status": 409, "code": "nope", "seconds": 30}
+    )
+    token = await mint(http, dev)
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+        assert await close_reason(ws) == "nope"
+    await post(http, dev, "/_voice/clock", {"advance_seconds": 31})  # the fault's 30 s are over
+    assert (await get(http, dev, "/_voice/faults"))["items"] == []
+    fresh = await mint(http, dev)
+    assert (await chat(dev, fresh, text=None))["event"] == "chat.connected"
+
+
+async def test_store_faults_make_mints_fail_or_wait(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    await add_fault(http, dev, {"target": "store", "kind": "unavailable", "count": 1})
+    down = await http.get(f"{dev.url}/chat/token", params={"agent_id": "demo"}, headers=AUTH)
+    assert (down.status_code, down.json()["code"]) == (503, "store_unavailable")
+    await add_fault(http, dev, {"target": "store", "kind": "slow", "delay_ms": 400, "count": 1})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await mint(http, dev)
+    assert loop.time() - started >= 0.4
+
+
+async def test_a_client_fault_drops_the_agents_socket(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    sdk = await SdkClient.connect(dev.url, KEY)
+    await sdk.create_agent("fragile")
+    await add_fault(http, dev, {"target": "client", "kind": "drop", "agent_id": "fragile", "count": 1})
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await sdk.recv()
+    gone = await http.get(f"{dev.url}/chat/token", params={"agent_id": "fragile"}, headers=AUTH)
+    assert gone.json()["code"] == "agent_not_online"
+
+
+async def test_faults_are_deleted_one_or_all(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    one = await add_fault(http, dev, {"target": "whatsapp", "kind": "fail", "status": 500})
+    await add_fault(http, dev, {"target": "whatsapp", "kind": "delay", "delay_ms": 10})
+    deleted = await http.delete(f"{dev.url}/_voice/faults/{one['id']}")
+    assert deleted.status_code == 200 and deleted.json() == {"deleted": 1}
+    again = await http.delete(f"{dev.url}/_voice/faults/{one['id']}")
+    assert (again.status_code, again.json()["code"]) == (404, "fault_not_found")
+    assert (await http.delete(dev.url + "/_voice/faults")).json() == {"deleted": 1}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"target": "moon", "kind": "fail"},
+        {"target": "mint", "kind": "fail", "code": "x"},
+        {"target": "mint", "kind": "fail", "status": 200, "code": "x"},
+        {"target": "store", "kind": "slow", "delay_ms": -5},
+        {"target": "store", "kind": "unavailable", "count": 0},
+        {"target": "store", "kind": "unavailable", "probability": 2},
+        {"target": "store", "kind": "unavailable", "colour": "red"},
+        ["store", "unavailable"],
+    ],
+)
+async def test_bad_faults_are_invalid_requests(
+    dev: ServerProcess, http: httpx.AsyncClient, body: Any
+) -> None:
+    answer = await http.post(dev.url + "/_voice/faults", json=body)
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request"), answer.text
+
+
+async def test_a_fault_set_on_one_node_applies_on_the_other(
+    pair: list[ServerProcess], http: httpx.AsyncClient
+) -> None:
+    a, b = pair
+    await add_fault(
+        http, a, {"target": "mint", "kind": "fail", "status": 429, "code": "slow_down", "count": 1}
+    )
+
+    async def refused_on_b() -> bool:
+        answer = await http.get(f"{b.url}/webrtc/token", params={"agent_id": "demo"}, headers=AUTH)
+        return answer.status_code == 429 and answer.json()["code"] == "slow_down"
+
+    try:
+        assert await eventually(refused_on_b)
+        assert await eventually(lambda: _no_faults(http, a))  # b's application spent it everywhere
+    finally:
+        await http.delete(a.url + "/_voice/faults", headers=ADMIN_AUTH)
