@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import CapacityExceeded, RateLimited
+from server.errors import AgentNotOnline, CapacityExceeded, RateLimited
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
@@ -323,7 +323,11 @@ class SessionManager:
         self._watchdogs[session.call_id] = asyncio.create_task(
             self._watch(session), name=f"watch-{session.call_id}"
         )
-        await self.registry.send(session.org_id, session.agent_id, session.started_frame())
+        if not await self.registry.send(session.org_id, session.agent_id, session.started_frame()):
+            # Online by its record, reachable nowhere: the record outlived its node (a crash; it
+            # expires within the heartbeat TTL). Refused, not left open with no agent to answer.
+            await self._discard(session)
+            raise AgentNotOnline(session.agent_id)
         event(
             log,
             "session started",
@@ -332,6 +336,22 @@ class SessionManager:
             agent_id=session.agent_id,
             transport=session.transport,
         )
+
+    async def _discard(self, session: Session) -> None:
+        """Undo :meth:`start` for a session its agent never heard of: no ``call.ended``, and the
+        transport is left to the caller, which refuses it."""
+        del self._live[session.call_id]
+        self._per_org[session.org_id] -= 1
+        if self._per_org[session.org_id] <= 0:
+            del self._per_org[session.org_id]
+        self.calls.remove(session)
+        watchdog = self._watchdogs.pop(session.call_id, None)
+        if watchdog is not None:
+            watchdog.cancel()
+        if session.indexed and self.registry.relay is not None:
+            with contextlib.suppress(Exception):  # the index expires on its own if the store is down
+                await self.registry.relay.release_call(session.call_id)
+        session.manager = None
 
     async def end(self, session: Session, reason: str) -> None:
         if session.end_reason is not None or session.call_id not in self._live:
