@@ -80,6 +80,7 @@ class Ledger:
         self.unexpected: list[str] = []  # outcomes that are neither "ok" nor a clean refusal
         self.faults: list[Fault] = []
         self.registrations: Counter[str] = Counter()  # agent id -> agent.created received
+        self.moves: list[tuple[str, str, float]] = []  # (agent, node, when) of each agent.created
         self.agent_refusals: Counter[str] = Counter()  # error codes on agent.create
         self.ended_agent: Counter[str] = Counter()  # call.ended reasons the agents received
         self.ended_browser: Counter[str] = Counter()  # how the browsers' sessions ended

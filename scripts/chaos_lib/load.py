@@ -55,7 +55,8 @@ async def run_agent(rig: Rig, ledger: Ledger, agent_id: str, index: int, stop: a
         try:
             if not nodes:
                 raise ConnectionError("no live node")
-            sdk = await SdkClient.connect(nodes[attempt % len(nodes)].url, KEY)
+            node = nodes[attempt % len(nodes)]
+            sdk = await SdkClient.connect(node.url, KEY)
             await sdk.send({"event": "agent.create", "agent_id": agent_id})
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -63,6 +64,7 @@ async def run_agent(rig: Rig, ledger: Ledger, agent_id: str, index: int, stop: a
                     event = frame.get("event")
                     if event == "agent.created":
                         ledger.registrations[agent_id] += 1
+                        ledger.moves.append((agent_id, node.env["VOICE_NODE_ID"], ledger.now()))
                     elif event == "error":
                         ledger.agent_refusals[str(frame.get("code"))] += 1
                     elif event == "call.ended":

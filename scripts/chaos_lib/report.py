@@ -43,6 +43,7 @@ def figures(result: Result) -> dict[str, Any]:
         "unexpected": ledger.unexpected[:10],
         "agents_reregistered": ledger.reregistered(),
         "agent_refusals": dict(ledger.agent_refusals),
+        "agent_moves": ledger.moves,
         "ended_agent": dict(ledger.ended_agent),
         "ended_browser": dict(ledger.ended_browser),
         "error_lines": result.error_lines[:20],

@@ -90,7 +90,8 @@ class Rig:
     # Faults. Each runs in a thread (they wait on processes) and fills in a Fault's times.
 
     def redis_pause(self, ledger: Ledger, timing: Timing) -> Fault:
-        """SIGSTOP the redis-server (connections stay open, nothing answers), then SIGCONT."""
+        """SIGSTOP the redis-server (connections stay open, nothing answers), then SIGCONT; on
+        Sentinel, the master."""
         target = self._master()
         fault = Fault(f"redis SIGSTOP {timing.pause:g} s", ledger.now())
         os.kill(target.proc.pid, signal.SIGSTOP)
@@ -99,6 +100,8 @@ class Rig:
         finally:
             os.kill(target.proc.pid, signal.SIGCONT)
         fault.restored = ledger.now()
+        if self.group is not None:  # longer than down-after-milliseconds: Sentinel may fail over
+            fault.note = f"master {target.port} -> {self.group.master_port()}"
         return fault
 
     def redis_restart(self, ledger: Ledger, timing: Timing) -> Fault:
@@ -179,7 +182,9 @@ FAULTS: dict[str, FaultAction] = {
 }
 DEFAULT_FAULTS = {
     "redis": ("redis-pause", "redis-restart", "node-kill"),
-    "sentinel": ("failover", "master-crash", "node-kill"),
+    # A SIGSTOP longer than down-after-milliseconds (1 s): Sentinel fails over, and the old master
+    # wakes up still believing it is the master until a Sentinel reconfigures it.
+    "sentinel": ("failover", "redis-pause", "master-crash", "node-kill"),
 }
 
 
