@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from server.core.scopes import PARTICIPATE, Access
-from server.errors import CapacityExceeded, RateLimited
+from server.errors import AgentNotOnline, CapacityExceeded, RateLimited
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
@@ -377,6 +377,11 @@ class SessionManager:
             self._watch(session), name=f"watch-{session.call_id}"
         )
         started = session.started_frame()
+        if not await self.registry.send(session.org_id, session.agent_id, started):
+            # Online by its record, reachable nowhere: the record outlived its node (a crash; it
+            # expires within the heartbeat TTL). Refused, not left open with no agent to answer.
+            await self._discard(session)
+            raise AgentNotOnline(session.agent_id)
         if journal is not None:
             journal.note(
                 "session.start",
@@ -386,7 +391,6 @@ class SessionManager:
                 org=session.org_id,
             )
             journal.frame(session.call_id, "server->agent", started)
-        await self.registry.send(session.org_id, session.agent_id, started)
         event(
             log,
             "session started",
@@ -395,6 +399,22 @@ class SessionManager:
             agent_id=session.agent_id,
             transport=session.transport,
         )
+
+    async def _discard(self, session: Session) -> None:
+        """Undo :meth:`start` for a session its agent never heard of: no ``call.ended``, and the
+        transport is left to the caller, which refuses it."""
+        del self._live[session.call_id]
+        self._per_org[session.org_id] -= 1
+        if self._per_org[session.org_id] <= 0:
+            del self._per_org[session.org_id]
+        self.calls.remove(session)
+        watchdog = self._watchdogs.pop(session.call_id, None)
+        if watchdog is not None:
+            watchdog.cancel()
+        if session.indexed and self.registry.relay is not None:
+            with contextlib.suppress(Exception):  # the index expires on its own if the store is down
+                await self.registry.relay.release_call(session.call_id)
+        session.manager = None
 
     async def end(self, session: Session, reason: str) -> None:
         if session.end_reason is not None or session.call_id not in self._live:

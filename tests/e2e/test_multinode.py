@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -224,6 +225,31 @@ async def test_a_session_for_a_vanished_owner_is_refused_cleanly(
     await sdk.close()
     await asyncio.sleep(0.3)  # the close reaches node A
     assert await consume(b, token) == "agent_not_online"
+
+
+async def test_a_session_for_an_agent_on_a_crashed_node_is_refused_not_left_open(
+    cluster: tuple[RedisProcess, list[ServerProcess]], http: httpx.AsyncClient
+) -> None:
+    """Found by scripts/chaos (issue 13): after a node's SIGKILL its agents' records live on for
+    up to the heartbeat TTL. A session for such an agent on another node used to open (the
+    browser got chat.connected) with llm.chat.started published to nobody: a conversation no
+    agent would ever answer. Now the undeliverable start refuses it with agent_not_online."""
+    redis, (_a, b, _c) = cluster
+    doomed = start_server({**node_env(redis, "node-crashing"), "VOICE_AGENT_HEARTBEAT_TTL": "10"})
+    sdk = await SdkClient.connect(doomed.url, KEY)
+    await sdk.create_agent("stranded")
+    tokens = [
+        (await http.get(f"{b.url}/chat/token", params={"agent_id": "stranded"}, headers=AUTH)).json()["token"]
+        for _ in range(3)
+    ]
+    doomed.kill()  # SIGKILL: the record stays in the store for up to 10 s
+    await asyncio.sleep(0.3)  # Redis has seen the dead node's sockets close
+    assert [await consume(b, token) for token in tokens] == ["agent_not_online"] * 3
+    minted = await http.get(f"{b.url}/chat/token", params={"agent_id": "stranded"}, headers=AUTH)
+    assert minted.status_code == 200  # the record is still there: the mint cannot know yet
+    assert await consume(b, minted.json()["token"]) == "agent_not_online"
+    with contextlib.suppress(Exception):
+        await sdk.close()
 
 
 async def test_a_dead_node_takes_its_agents_offline_and_they_move(

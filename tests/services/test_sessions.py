@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from server.errors import CapacityExceeded
+from server.errors import AgentNotOnline, CapacityExceeded
 from server.services.agents import AgentRegistry, RegistrySettings
 from server.services.calls import CallRouter
 from server.services.sessions import Session, SessionLimits, SessionManager
@@ -126,6 +126,22 @@ async def test_shutdown_refuses_new_sessions(world: tuple[SessionManager, Record
     assert session.end_reason == "server_shutdown"
     with pytest.raises(CapacityExceeded, match="shutting down"):
         manager.check_capacity("acme")
+
+
+async def test_a_session_whose_start_reaches_no_agent_is_undone(
+    world: tuple[SessionManager, Recorder],
+) -> None:
+    """Found by scripts/chaos: a crashed node's agent record outlives it, and a session for that
+    agent used to stay live with its call.started delivered nowhere. Now start refuses it and
+    leaves nothing behind: no live session, no call index, its slot free, no call.ended."""
+    manager, recorder = world
+    session = Transport("acme", "ghost")  # online nowhere this registry can reach
+    with pytest.raises(AgentNotOnline):
+        await manager.start(session)
+    assert len(manager) == 0 and manager.calls.get(session.call_id, "acme") is None
+    assert session.manager is None and session.closed_with == [] and recorder.frames == []
+    with manager.reserve("acme"), manager.reserve("acme"):
+        pass  # both of the org's slots are free again
 
 
 # -- end to end ---------------------------------------------------------------------------------

@@ -1,0 +1,3 @@
+from scripts.chaos_lib.cli import main
+
+raise SystemExit(main())
