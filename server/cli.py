@@ -8,6 +8,7 @@ voice-server keys revoke KEY_ID [--env-file PATH]
 voice-server keys rotate KEY_ID [--grace SECONDS] [--json] [--env-file PATH]
 voice-server whatsapp sign --secret S < payload.json
 voice-server whatsapp send --url URL [--secret S] [--file payload.json]
+voice-server inspect [--url URL] [--admin-key KEY] [--json] tokens|journal|sessions|reset|fault|clock
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from server import cli_keys, cli_whatsapp
+from server import cli_inspect, cli_keys, cli_whatsapp
 from server import log as logsetup
 from server.core.redaction import masked_url
 from server.errors import VoiceError
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_keys.add_commands(commands)  # voice-server keys create|list|revoke|rotate
     cli_whatsapp.add_commands(commands)  # voice-server whatsapp sign|send
+    cli_inspect.add_commands(commands)  # voice-server inspect tokens|journal|sessions|reset|fault|clock
     return parser
 
 

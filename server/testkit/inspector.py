@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import httpx
 
@@ -83,12 +83,15 @@ class Inspector:
         if "params" in kwargs:
             kwargs["params"] = {k: v for k, v in kwargs["params"].items() if v is not None}
         response = self._http.request(method, path, **kwargs)
+        if response.is_success:
+            return response.json()
+        self._raise(response)
+
+    def _raise(self, response: httpx.Response) -> NoReturn:
         try:
             body = response.json()
         except ValueError:
             body = None
-        if response.is_success:
-            return body
         code = body.get("code", "") if isinstance(body, dict) else ""
         detail = body.get("detail", response.text) if isinstance(body, dict) else response.text
         if response.status_code == 404 and code in ("not_found", ""):
@@ -149,6 +152,25 @@ class Inspector:
     ) -> list[dict[str, Any]]:
         return self._items("/journal", {"kind": kind, "agent_id": agent_id, "after": after, "limit": 1000})
 
+    def stream_journal(
+        self, after: int | None = None, kind: str | None = None, agent_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """``GET /_voice/journal/stream``: entries as the server journals them (after ``after``
+        first), until the server closes the stream. ``kind`` and ``agent_id`` filter here, as
+        the list does (the stream itself sends everything)."""
+        params = {"after": after} if after is not None else {}
+        timeout = httpx.Timeout(10.0, read=None)
+        with self._http.stream("GET", "/journal/stream", params=params, timeout=timeout) as response:
+            if not response.is_success:
+                response.read()
+                self._raise(response)
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                entry = json.loads(line[5:])
+                if _matches(entry, kind, agent_id):
+                    yield entry
+
     def sessions(self, agent_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
         return self._items("/sessions", {"agent_id": agent_id, "state": state, "limit": 1000})
 
@@ -207,3 +229,12 @@ class Inspector:
         entries = [e for e in self.journal(kind=kind) if e.get("code") == code]
         assert entries, f"no {kind} with code {code} in the journal"
         return entries[-1]
+
+
+def _matches(entry: dict[str, Any], kind: str | None, agent_id: str | None) -> bool:
+    """The journal's own filters: ``kind`` exact or a prefix ending in "."; ``agent_id`` in the
+    entry's ``agent_id`` or its ``agents``."""
+    name = str(entry.get("kind", ""))
+    if kind and not (name == kind or (kind.endswith(".") and name.startswith(kind))):
+        return False
+    return not agent_id or entry.get("agent_id") == agent_id or agent_id in (entry.get("agents") or [])
