@@ -6,6 +6,7 @@ the code as reason on WebSockets)::
 
     VoiceError
     ├── BadRequest                 400 bad_request
+    │   └── InvalidRequest         400 invalid_request (the inspection API, /_voice/)
     ├── PayloadTooLarge            413 payload_too_large
     ├── CredentialError
     │   ├── InvalidApiKey          401 invalid_api_key
@@ -22,6 +23,11 @@ the code as reason on WebSockets)::
     │   └── TokenWrongAgent        403 token_wrong_agent
     ├── ScopeForbidden             403 scope_forbidden
     ├── CallNotFound               404 call_not_found
+    ├── AdminError
+    │   ├── AdminKeyRequired       401 admin_key_required
+    │   └── InvalidAdminKey        403 invalid_admin_key
+    ├── SessionNotFound            404 session_not_found
+    ├── FaultNotFound              404 fault_not_found
     ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
     ├── NotSupported               501 not_supported
     ├── CapacityExceeded           503 at_capacity
@@ -69,6 +75,12 @@ class VoiceError(Exception):
 
 class BadRequest(VoiceError):
     status, code, ws_close_code, frame_code = 400, "bad_request", 1008, "BAD_REQUEST"
+
+
+class InvalidRequest(BadRequest):
+    """Bad input to the inspection API (``/_voice/``): a query value, a body, a fault spec."""
+
+    code, frame_code = "invalid_request", "INVALID_REQUEST"
 
 
 class PayloadTooLarge(VoiceError):
@@ -161,6 +173,28 @@ class CallNotFound(VoiceError):
     """A command names a call that is live nowhere (or that this socket may not see)."""
 
     status, code, ws_close_code, frame_code = 404, "call_not_found", 1008, "CALL_NOT_FOUND"
+
+
+class AdminError(VoiceError):
+    """The inspection API's own credential: a key from ``VOICE_ADMIN_KEYS``, never an org's."""
+
+    ws_close_code = 1008
+
+
+class AdminKeyRequired(AdminError):
+    status, code, frame_code = 401, "admin_key_required", "ADMIN_KEY_REQUIRED"
+
+
+class InvalidAdminKey(AdminError):
+    status, code, frame_code = 403, "invalid_admin_key", "INVALID_ADMIN_KEY"
+
+
+class SessionNotFound(VoiceError):
+    status, code, ws_close_code, frame_code = 404, "session_not_found", 1008, "SESSION_NOT_FOUND"
+
+
+class FaultNotFound(VoiceError):
+    status, code, ws_close_code, frame_code = 404, "fault_not_found", 1008, "FAULT_NOT_FOUND"
 
 
 class SlowConsumer(VoiceError):

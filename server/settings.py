@@ -97,6 +97,10 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     # Shutdown
     drain_seconds: float = 20.0
+    # The inspection API under /_voice/ (issue 10): on in dev mode, off elsewhere unless asked
+    inspect: bool = False
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
+    inspect_journal_max: int = 10_000
 
     @classmethod
     def from_env(
@@ -184,6 +188,11 @@ class Settings:
             "header_timeout": reader.get("VOICE_HEADER_TIMEOUT", _positive(float, 3600), 10.0),
             "max_header_bytes": reader.get("VOICE_MAX_HEADER_BYTES", _int_between(1024, 16 << 20), 64 * 1024),
             "drain_seconds": reader.get("VOICE_DRAIN_SECONDS", _positive(float, 3600), 20.0),
+            "inspect": reader.get("VOICE_INSPECT", _bool, dev),
+            "admin_keys": reader.get("VOICE_ADMIN_KEYS", _admin_keys, ()),
+            "inspect_journal_max": reader.get(
+                "VOICE_INSPECT_JOURNAL_MAX", _positive(int, 10_000_000), 10_000
+            ),
         }
         node_id = reader.get("VOICE_NODE_ID", str, "")
         if node_id:
@@ -208,6 +217,14 @@ class Settings:
                     "VOICE_TOKEN_SECRET: required outside dev mode (a comma-separated list, newest last)"
                 )
             settings = replace(settings, token_secrets=(secrets.token_urlsafe(32),))
+        if settings.inspect and not settings.dev and not settings.admin_keys:
+            raise SettingsError(
+                "VOICE_ADMIN_KEYS: required when VOICE_INSPECT=1 outside dev mode "
+                f"(a comma-separated list of keys of at least {MIN_ADMIN_KEY} characters)"
+            )
+        org_keys = {key for _, key in settings.bootstrap_keys}
+        if any(key in org_keys for key in settings.admin_keys):
+            raise SettingsError("VOICE_ADMIN_KEYS: an admin key must not be one of the VOICE_API_KEYS")
         if not settings.public_url:
             host = settings.host
             if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only naming the wildcard, not binding
@@ -411,6 +428,20 @@ def _token_secrets(raw: str) -> tuple[str, ...]:
                 f"secret {index} of {len(secrets_)} has {len(secret)}"
             )
     return secrets_
+
+
+MIN_ADMIN_KEY = 32
+
+
+def _admin_keys(raw: str) -> tuple[str, ...]:
+    keys = _csv(raw)
+    for index, key in enumerate(keys, 1):
+        if len(key) < MIN_ADMIN_KEY:
+            raise ValueError(
+                f"expected keys of at least {MIN_ADMIN_KEY} characters (openssl rand -base64 32); "
+                f"key {index} of {len(keys)} has {len(key)}"
+            )
+    return keys
 
 
 def _api_keys(raw: str) -> tuple[tuple[str, str], ...]:

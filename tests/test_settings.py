@@ -176,3 +176,28 @@ def test_a_public_bind_without_a_public_url_is_flagged() -> None:
         {**secret, "VOICE_HOST": "0.0.0.0", "VOICE_PUBLIC_URL": "https://a.example.com"}
     ).unreachable_public_url
     assert not Settings.from_env(secret).unreachable_public_url  # loopback: the URL is right
+
+
+ADMIN = "admin-" + "a" * 40
+
+
+def test_inspection_is_on_in_dev_and_off_elsewhere() -> None:
+    assert Settings.from_env({}, dev=True).inspect
+    assert not Settings.from_env({"VOICE_TOKEN_SECRET": NEW}).inspect
+    assert not Settings.from_env({"VOICE_INSPECT": "0"}, dev=True).inspect
+
+
+def test_inspection_outside_dev_needs_admin_keys() -> None:
+    with pytest.raises(SettingsError, match="VOICE_ADMIN_KEYS"):
+        Settings.from_env({"VOICE_TOKEN_SECRET": NEW, "VOICE_INSPECT": "1"})
+    settings = Settings.from_env({"VOICE_TOKEN_SECRET": NEW, "VOICE_INSPECT": "1", "VOICE_ADMIN_KEYS": ADMIN})
+    assert settings.admin_keys == (ADMIN,) and settings.inspect_journal_max == 10_000
+
+
+def test_admin_keys_are_long_and_never_an_org_key() -> None:
+    with pytest.raises(SettingsError, match=r"VOICE_ADMIN_KEYS.*32 characters"):
+        Settings.from_env({"VOICE_ADMIN_KEYS": "short"}, dev=True)
+    with pytest.raises(SettingsError, match="VOICE_ADMIN_KEYS: an admin key must not be"):
+        Settings.from_env({"VOICE_ADMIN_KEYS": ADMIN, "VOICE_API_KEYS": f"acme:{ADMIN}"}, dev=True)
+    with pytest.raises(SettingsError, match="VOICE_INSPECT_JOURNAL_MAX"):
+        Settings.from_env({"VOICE_INSPECT_JOURNAL_MAX": "0"}, dev=True)

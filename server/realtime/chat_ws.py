@@ -125,6 +125,7 @@ class ChatSession(Session):
 
     # -- the browser side --------------------------------------------------------------------
     async def emit(self, frame: Mapping[str, Any]) -> None:
+        self.trace("server->browser", frame)
         async with self._lock:
             if self.websocket.application_state is WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):  # a vanished browser is handled by the reader
@@ -391,7 +392,9 @@ async def _serve(node: Node, session: ChatSession) -> None:
         try:
             text = message.get("text")
             session.inbound(len(text) if text is not None else len(message.get("bytes") or b""))
-            await session.on_browser(parse_frame(text, limit))
+            frame = parse_frame(text, limit)
+            session.trace("browser->server", frame)
+            await session.on_browser(frame)
         except VoiceError as exc:
             await session.emit({"event": "chat.error", "error": exc.detail, "code": exc.code})
         except Exception:

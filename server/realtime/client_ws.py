@@ -87,6 +87,8 @@ async def _handshake(node: Node, websocket: WebSocket) -> ClientConnection | Non
         await websocket.close(1008, "handshake timeout")
         return None
     except VoiceError as exc:
+        if node.journal is not None:
+            node.journal.note("client.refuse", code=exc.code)
         await websocket.send_json(error_frame(exc.detail, exc.frame_code))
         await websocket.close(exc.ws_close_code, exc.code)
         return None
@@ -116,6 +118,8 @@ async def client_endpoint(websocket: WebSocket) -> None:
         }
     )
     event(log, "sdk connected", org_id=connection.org_id, conn_id=connection.conn_id)
+    if node.journal is not None:
+        node.journal.note("client.connect", org=connection.org_id)
     session = _Session(node, connection)
     try:
         while True:
@@ -126,6 +130,12 @@ async def client_endpoint(websocket: WebSocket) -> None:
                 await session.dispatch(frame)
             except VoiceError as exc:
                 agent_id = frame.get("agent_id") if frame is not None else None
+                if node.journal is not None and frame is not None and frame.get("event") == "agent.create":
+                    node.journal.note(
+                        "client.refuse",
+                        code=exc.code,
+                        agent_id=agent_id if isinstance(agent_id, str) else None,
+                    )
                 await connection.send(
                     error_frame(
                         exc.detail,
@@ -217,6 +227,8 @@ class _Session:
             self.connection, slug, config, frame.get("allowed_origins")
         )
         await self.connection.send({"event": "agent.created", "agent_id": raw})
+        if self.node.journal is not None:
+            self.node.journal.note("client.register", org=record.org_id, agent_id=slug)
         event(log, "agent online", org_id=record.org_id, agent_id=slug, origins=list(record.allowed_origins))
 
     async def agent_configure(self, frame: Frame) -> None:

@@ -138,6 +138,7 @@ class WebRtcSession(Session):
         return frame
 
     def to_browser(self, frame: Mapping[str, Any]) -> None:
+        self.trace("server->browser", frame)
         if self.peer is not None:
             self.peer.send(frame)
 
@@ -172,6 +173,7 @@ class WebRtcSession(Session):
         self._later(lambda: self._action(message))
 
     def on_audio(self, pcm: bytes, seconds: float) -> None:
+        self.trace("browser->server", b"")  # counted, never kept
         if self.muted:
             return
         found = self.detector.feed(pcm, seconds)
@@ -196,6 +198,7 @@ class WebRtcSession(Session):
         if not isinstance(frame, dict) or not isinstance(frame.get("action"), str):
             raise BadRequest("data channel messages are JSON objects with an action")
         self.touch()
+        self.trace("browser->server", {**frame, "event": frame["action"]})
         action = frame["action"]
         if action == "inject_text":
             await self.user_said(_text(frame, "text", MAX_TEXT_CHARS))

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from server.core.tokens import Channel, Claims, JtiSource, TokenCodec
 from server.errors import RateLimited, TokenSpent, VoiceError
 from server.metrics import Metrics
 from server.store.base import Hit, TokenStore
+
+if TYPE_CHECKING:
+    from server.services.journal import Journal
 
 Clock = Callable[[], float]
 # The stored id outlives the signed expiry by the verification leeway plus clock skew between
@@ -43,6 +46,7 @@ class Authority:
         self._clock = clock
         self._metrics = metrics
         self._new_jti = JtiSource()
+        self.journal: Journal | None = None  # set by the node when inspection is on
 
     async def mint(
         self,
@@ -71,7 +75,21 @@ class Authority:
         verdict = await self._store.issue_token(claims.jti, self._ttl + STORE_GRACE_SECONDS, hits)
         if not verdict.allowed:
             raise RateLimited("Too many token requests; slow down", verdict.retry_after)
+        journal = self.journal
+        if journal is not None:
+            journal.note(
+                "mint.allowed",
+                jti=claims.jti,
+                org=org_id,
+                agents=list(claims.agents),
+                channel=channel.value,
+                expires_at=round(claims.expires_at, 3),
+            )
         return Minted(token, claims, round(self._ttl))
+
+    @property
+    def now(self) -> float:
+        return self._clock()
 
     def verify(self, token: str, channel: Channel) -> Claims:
         """Check signature, expiry and channel without consuming (and without the store). Session
@@ -79,22 +97,29 @@ class Authority:
         try:
             return self._codec.decode(token, channel, self._clock())
         except VoiceError as exc:
-            self._refused(exc)
+            self._refused(exc, channel)
             raise
 
-    async def consume(self, token: str, channel: Channel) -> Claims:
-        """The claims of ``token`` if this is its first use on ``channel``; else the one error."""
+    async def consume(self, token: str, channel: Channel, journaled: bool = True) -> Claims:
+        """The claims of ``token`` if this is its first use on ``channel``; else the one error.
+
+        ``journaled=False``: the caller journals the consume itself once it knows the session
+        (services/admission.py, through the session's reservation)."""
         try:
             claims = self._codec.decode(token, channel, self._clock())
             if not await self._store.consume_token(claims.jti):
                 raise TokenSpent("token has already been used")
         except VoiceError as exc:
-            self._refused(exc)
+            self._refused(exc, channel)
             raise
         if self._metrics is not None:
             self._metrics.count_consume(channel.value)
+        if journaled and self.journal is not None:
+            self.journal.note("consume.allowed", jti=claims.jti, channel=channel.value, session_id=None)
         return claims
 
-    def _refused(self, exc: VoiceError) -> None:
+    def _refused(self, exc: VoiceError, channel: Channel) -> None:
         if self._metrics is not None:
             self._metrics.refused.labels("consume", exc.code).inc()
+        if self.journal is not None:
+            self.journal.note("consume.refused", code=exc.code, channel=channel.value)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.core.clock import ShiftedClock
 from server.core.tokens import TokenCodec
 from server.core.wire import error_frame
 from server.errors import InvalidApiKey, VoiceError
@@ -20,6 +21,8 @@ from server.services.calls import CallRouter
 from server.services.events import CHANNEL as EVENTS_CHANNEL
 from server.services.events import EventLog
 from server.services.handoff import Handoff
+from server.services.journal import CHANNEL as JOURNAL_CHANNEL
+from server.services.journal import Journal
 from server.services.keys import KeyService
 from server.services.mock_agent import MockAgent
 from server.services.presence import NodePresence
@@ -58,6 +61,11 @@ class Node:
     presence: NodePresence | None = None  # one live process per VOICE_NODE_ID
     mock_agent: MockAgent | None = None  # VOICE_MOCK_AGENT (dev mode: agent "demo")
     whatsapp: WhatsAppService = field(init=False)  # webhooks and conversations (CONTRACT §7)
+    journal: Journal | None = None  # the inspection journal; None when VOICE_INSPECT is off
+    # Token expiry and the journal read wall_clock, session timers mono_clock; POST /_voice/clock
+    # shifts both (services/inspector.py). Off, their offset stays 0.
+    wall_clock: ShiftedClock = field(default_factory=ShiftedClock)
+    mono_clock: ShiftedClock = field(default_factory=lambda: ShiftedClock(time.monotonic))
 
     @classmethod
     async def open(cls, settings: Settings, store: Store | None = None) -> Node:
@@ -92,7 +100,16 @@ class Node:
         await registry.start()
         metrics = Metrics()
         store.observe_round_trips(metrics.store_latency.observe)
-        authority = Authority(TokenCodec(settings.token_secrets), store, settings.token_ttl, metrics=metrics)
+        wall_clock, mono_clock = ShiftedClock(), ShiftedClock(time.monotonic)
+        # Off, the hot paths keep the builtin clocks: not even a Python call is added to them.
+        inspect = settings.inspect
+        authority = Authority(
+            TokenCodec(settings.token_secrets),
+            store,
+            settings.token_ttl,
+            clock=wall_clock if inspect else time.time,
+            metrics=metrics,
+        )
         calls = CallRouter()
         limits = SessionLimits(
             settings.max_sessions,
@@ -101,10 +118,28 @@ class Node:
             settings.session_idle_seconds,
             settings.session_inbound_bytes,
         )
-        sessions = SessionManager(registry, calls, limits)
+        sessions = SessionManager(registry, calls, limits, clock=mono_clock if inspect else time.monotonic)
         node = cls(
-            settings, store, keys, authority, registry, calls, sessions, relay, metrics, presence=presence
+            settings,
+            store,
+            keys,
+            authority,
+            registry,
+            calls,
+            sessions,
+            relay,
+            metrics,
+            presence=presence,
+            wall_clock=wall_clock,
+            mono_clock=mono_clock,
         )
+        if inspect:
+            journal = node.journal = Journal(
+                store, settings.node_id, settings.inspect_journal_max, wall_clock
+            )
+            authority.journal = sessions.journal = journal
+            relay.listen(JOURNAL_CHANNEL, journal.on_bus)
+            journal.start()
         metrics.watch(node.live_metrics)
         relay.call_sink = node.deliver_command
         relay.on_invalidate.append(node.agent_gone_elsewhere)
@@ -312,6 +347,8 @@ class Node:
         await self.registry.stop()
         if self.events is not None:
             await self.events.stop()
+        if self.journal is not None:
+            await self.journal.stop()
         await self.relay.stop()
         if self.presence is not None:
             await self.presence.stop()

@@ -23,13 +23,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.errors import CapacityExceeded, RateLimited
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
 from server.store.base import AgentRecord
+
+if TYPE_CHECKING:
+    from server.services.journal import Journal
 
 log = logging.getLogger("voice.sessions")
 Clock = Callable[[], float]
@@ -132,6 +135,12 @@ class Session:
             self._inbound = InboundBudget(rate, manager.now if manager is not None else time.monotonic)
         self._inbound.spend(size)
 
+    def trace(self, direction: str, frame: Any) -> None:
+        """Note a frame in the session's timeline (inspection on only; audio as bytes is counted)."""
+        manager = self.manager
+        if manager is not None and manager.journal is not None:
+            manager.journal.frame(self.call_id, direction, frame)
+
     def touch(self) -> None:
         """Something happened: the idle timer starts again."""
         self.last_activity = self.manager.now() if self.manager is not None else time.monotonic()
@@ -162,15 +171,18 @@ class Session:
 
     async def send_to_agent(self, frame: Mapping[str, Any]) -> bool:
         """A per-call event to the agent (``call_id`` added)."""
-        if self.manager is None:
+        manager = self.manager
+        if manager is None:
             return False
-        return await self.manager.registry.send(
-            self.org_id, self.agent_id, {**frame, "call_id": self.call_id}
-        )
+        if manager.journal is not None:
+            manager.journal.frame(self.call_id, "server->agent", frame)
+        return await manager.registry.send(self.org_id, self.agent_id, {**frame, "call_id": self.call_id})
 
     async def on_agent_command(self, frame: Mapping[str, Any]) -> None:
         """A command from the agent for this call (``bot.reply``, ``call.hangup``, ``history.*``...)."""
         self.touch()
+        if self.manager is not None and self.manager.journal is not None:
+            self.manager.journal.frame(self.call_id, "agent->server", frame)
         if frame.get("event") == "call.hangup":
             await self.end("hangup")
             return
@@ -206,11 +218,17 @@ class Reservation:
         self.manager = manager
         self.org_id = org_id
         self.active = True
+        self.consumed: tuple[str, str] | None = None  # (jti, channel) of the token it was admitted with
 
     def release(self) -> None:
         if self.active:
             self.active = False
             self.manager._unreserve(self.org_id)
+            journal = self.manager.journal
+            if self.consumed is not None and journal is not None:  # consumed, but no session came of it
+                jti, channel = self.consumed
+                journal.note("consume.allowed", jti=jti, channel=channel, session_id=None)
+            self.consumed = None
 
     def __enter__(self) -> Reservation:
         return self
@@ -236,6 +254,7 @@ class SessionManager:
         # being admitted here: then every call is indexed, so the agent's commands still find it.
         self.index_every_call = False
         self._admitting: Counter[tuple[str, str]] = Counter()  # (org, agent) -> admissions under way
+        self.journal: Journal | None = None  # set by the node when inspection is on
 
     def __len__(self) -> int:
         return len(self._live)
@@ -300,6 +319,11 @@ class SessionManager:
 
         With an active ``reservation`` for the session's org the slot it holds is used and the
         capacity is not checked again; without one, CapacityExceeded when there is no room."""
+        journal = self.journal
+        if journal is not None and reservation is not None and reservation.consumed is not None:
+            jti, channel = reservation.consumed
+            reservation.consumed = None
+            journal.note("consume.allowed", jti=jti, channel=channel, session_id=session.call_id)
         if reservation is None or not reservation.active or reservation.org_id != session.org_id:
             reservation = self.reserve(session.org_id)  # CapacityExceeded when there is no room
         elif not self.accepting:
@@ -323,7 +347,17 @@ class SessionManager:
         self._watchdogs[session.call_id] = asyncio.create_task(
             self._watch(session), name=f"watch-{session.call_id}"
         )
-        await self.registry.send(session.org_id, session.agent_id, session.started_frame())
+        started = session.started_frame()
+        if journal is not None:
+            journal.note(
+                "session.start",
+                call_id=session.call_id,
+                transport=session.transport,
+                agent_id=session.agent_id,
+                org=session.org_id,
+            )
+            journal.frame(session.call_id, "server->agent", started)
+        await self.registry.send(session.org_id, session.agent_id, started)
         event(
             log,
             "session started",
@@ -337,6 +371,8 @@ class SessionManager:
         if session.end_reason is not None or session.call_id not in self._live:
             return
         session.end_reason = reason
+        if self.journal is not None:
+            self.journal.note("session.end", call_id=session.call_id, reason=reason)
         del self._live[session.call_id]
         self._per_org[session.org_id] -= 1
         if self._per_org[session.org_id] <= 0:
@@ -355,6 +391,8 @@ class SessionManager:
         duration = round(self._clock() - session.started_at, 3)
         with contextlib.suppress(Exception):
             for frame in session.ended_frames(reason, duration):
+                if self.journal is not None:
+                    self.journal.frame(session.call_id, "server->agent", frame)
                 await self.registry.send(session.org_id, session.agent_id, frame)
         session.ended.set()
         event(log, "session ended", call_id=session.call_id, reason=reason, duration_seconds=duration)

@@ -324,6 +324,15 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
         )
     except VoiceError as exc:
         node.metrics.refused.labels("mint", exc.code).inc()
+        if node.journal is not None:
+            node.journal.note(
+                "mint.refused",
+                code=exc.code,
+                status=exc.status,
+                channel=channel.value,
+                agent_id=(request.params.get("agent_id") or "")[:128] or None,
+                origin=origin_header[:200] if origin_header else None,
+            )
         if isinstance(exc, RateLimited):
             node.metrics.rate_limited.labels("key" if path == "key" else "public").inc()
         return _error(exc, _cors(cors_origin))

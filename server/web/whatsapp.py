@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.core.whatsapp import SIGNATURE_HEADER
-from server.errors import PayloadTooLarge
+from server.errors import PayloadTooLarge, VoiceError
 from server.services.node import Node
 
 
@@ -42,7 +42,14 @@ async def verify(request: Request) -> Response:
 async def receive(request: Request) -> Response:
     node: Node = request.app.state.node
     body = await _body(request, node.settings.whatsapp_max_body)
-    accepted = await node.whatsapp.receive(body, request.headers.get(SIGNATURE_HEADER))
+    try:
+        accepted = await node.whatsapp.receive(body, request.headers.get(SIGNATURE_HEADER))
+    except VoiceError as exc:
+        if node.journal is not None:
+            node.journal.note("webhook.verdict", verdict="refused", code=exc.code, channel="whatsapp")
+        raise
+    if node.journal is not None:
+        node.journal.note("webhook.verdict", verdict="accepted", channel="whatsapp", events=accepted)
     return JSONResponse({"status": "ok", "events": accepted})
 
 

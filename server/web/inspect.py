@@ -1,0 +1,207 @@
+"""The inspection API under ``/_voice/`` (issue 10; shapes in the README, "Inspection API").
+
+Mounted only when ``VOICE_INSPECT`` is on: off, these paths are unknown routes (404
+``not_found``, the same body as any other). On, outside dev mode (or whenever
+``VOICE_ADMIN_KEYS`` is set), every request needs ``Authorization: Bearer <admin key>``:
+missing 401 ``admin_key_required``, wrong 403 ``invalid_admin_key``. Bad input is a 400
+``invalid_request`` naming what is wrong, never a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from server.core import strictjson
+from server.core.apikeys import parse_bearer
+from server.core.tokens import Channel
+from server.errors import AdminKeyRequired, InvalidAdminKey, InvalidRequest, SessionNotFound
+from server.services import inspector
+from server.services.inspector import MAX_LIMIT, Page
+from server.services.journal import Journal
+from server.services.node import Node
+
+Handler = Callable[[Request], Awaitable[Response]]
+MAX_BODY = 16 * 1024
+MAX_AFTER = 2**62
+TOKEN_STATES = ("issued", "consumed", "expired")
+SESSION_STATES = ("live", "ended")
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def _journal(node: Node) -> Journal:
+    assert node.journal is not None  # the routes exist only when inspection is on
+    return node.journal
+
+
+def guarded(handler: Handler) -> Handler:
+    """The admin key check, before anything else the route does."""
+
+    async def endpoint(request: Request) -> Response:
+        node = _node(request)
+        keys = node.settings.admin_keys
+        if keys or not node.settings.dev:
+            presented = parse_bearer(request.headers.get("authorization"))
+            if not presented:
+                raise AdminKeyRequired("the inspection API needs Authorization: Bearer <admin key>")
+            # Every key is compared, in constant time, so timing does not tell which one nearly matched.
+            matched = False
+            for key in keys:
+                matched |= hmac.compare_digest(presented.encode(), key.encode())
+            if not matched:
+                raise InvalidAdminKey("not one of VOICE_ADMIN_KEYS")
+        return await handler(request)
+
+    return endpoint
+
+
+# -- query and body parsing ----------------------------------------------------------------------
+def _query(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    params = request.query_params
+    unknown = sorted(set(params.keys()) - set(allowed))
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {unknown[0]!r}; expected one of {', '.join(allowed)}")
+    values: dict[str, str] = {}
+    for name in params:
+        value = params[name]
+        if len(value) > 256:
+            raise InvalidRequest(f"{name} is longer than 256 characters")
+        values[name] = value
+    return values
+
+
+def _whole(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidRequest(f"{name} must be a whole number from {low} to {high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _page(params: Mapping[str, str]) -> Page:
+    return Page(_whole(params, "after", 0, 0, MAX_AFTER), _whole(params, "limit", 100, 1, MAX_LIMIT))
+
+
+def _choice(params: Mapping[str, str], name: str, options: tuple[str, ...]) -> str | None:
+    value = params.get(name) or None
+    if value is not None and value not in options:
+        raise InvalidRequest(f"{name} must be one of {', '.join(options)}, got {value[:40]!r}")
+    return value
+
+
+async def body_of(request: Request) -> dict[str, Any]:
+    """A JSON object body (an empty body is ``{}``)."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise InvalidRequest(f"the body is larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        value = strictjson.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return value
+
+
+# -- routes --------------------------------------------------------------------------------------
+async def health(request: Request) -> Response:
+    node = _node(request)
+    _query(request, ())
+    store = "memory" if node.store.url.startswith("memory") else "redis"
+    return JSONResponse({"inspect": True, "node": node.settings.node_id, "store": store})
+
+
+async def journal(request: Request) -> Response:
+    params = _query(request, ("kind", "agent_id", "after", "limit"))
+    page = _page(params)
+    kind, agent_id = params.get("kind") or None, params.get("agent_id") or None
+    log = _journal(_node(request))
+    await log.settle()
+    items = [
+        {"seq": seq, **entry}
+        for seq, entry in await log.entries()
+        if seq > page.after and inspector.journal_matches(entry, kind, agent_id)
+    ]
+    return JSONResponse(page.cut(items))
+
+
+async def journal_stream(request: Request) -> Response:
+    params = _query(request, ("kind", "agent_id", "after"))
+    after = _whole(params, "after", -1, 0, MAX_AFTER)
+    kind, agent_id = params.get("kind") or None, params.get("agent_id") or None
+    log = _journal(_node(request))
+    if after < 0:  # live only: from what the journal holds now
+        after = (await log.page(0, 0)).last
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield b": voice journal\n\n"
+        async for seq, entry in log.follow(after):
+            if inspector.journal_matches(entry, kind, agent_id):
+                yield b"data: " + json.dumps({"seq": seq, **entry}, separators=(",", ":")).encode() + b"\n\n"
+
+    return StreamingResponse(
+        lines(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def tokens(request: Request) -> Response:
+    params = _query(request, ("agent_id", "channel", "state", "after", "limit"))
+    page = _page(params)
+    agent_id = params.get("agent_id") or None
+    channel = _choice(params, "channel", tuple(c.value for c in Channel))
+    state = _choice(params, "state", TOKEN_STATES)
+    node = _node(request)
+    log = _journal(node)
+    await log.settle()
+    rows = inspector.fold_tokens(await log.entries(), node.wall_clock())
+    return JSONResponse(page.cut([r for r in rows if inspector.token_matches(r, agent_id, channel, state)]))
+
+
+async def sessions(request: Request) -> Response:
+    params = _query(request, ("agent_id", "state", "after", "limit"))
+    page = _page(params)
+    agent_id = params.get("agent_id") or None
+    state = _choice(params, "state", SESSION_STATES)
+    log = _journal(_node(request))
+    await log.settle()
+    folded = inspector.fold_sessions(await log.entries()).values()
+    return JSONResponse(page.cut([s for s in folded if inspector.session_matches(s, agent_id, state)]))
+
+
+async def session(request: Request) -> Response:
+    _query(request, ())
+    call_id = request.path_params["call_id"]
+    log = _journal(_node(request))
+    await log.settle()
+    found = inspector.fold_sessions(await log.entries()).get(call_id)
+    if found is None:
+        raise SessionNotFound(f"no session {call_id[:128]!r} in the journal")
+    return JSONResponse({**found, "timeline": await log.timeline(call_id)})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/_voice/health", guarded(health), methods=["GET"]),
+        Route("/_voice/journal", guarded(journal), methods=["GET"]),
+        Route("/_voice/journal/stream", guarded(journal_stream), methods=["GET"]),
+        Route("/_voice/tokens", guarded(tokens), methods=["GET"]),
+        Route("/_voice/sessions", guarded(sessions), methods=["GET"]),
+        Route("/_voice/sessions/{call_id}", guarded(session), methods=["GET"]),
+    ]

@@ -1,0 +1,278 @@
+"""The inspection API (issue 10) on real server processes: the memory store in dev mode, and two
+nodes on one real redis-server with admin keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.support.procs import RedisProcess, ServerProcess, start_redis, start_server
+from tests.support.sdk import SdkClient
+
+KEY = "sk_test_inspect_0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN = "admin-" + "a" * 40
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
+SECRET = "inspect-secret-0123456789abcdef01"
+
+
+@pytest.fixture(scope="module")
+def dev() -> Iterator[ServerProcess]:
+    """``serve --dev``: inspection on, no admin key, the mock agent ``demo`` in org acme."""
+    server = start_server({"VOICE_API_KEYS": f"acme:{KEY}", "VOICE_RATE_LIMIT_KEY": "0"}, ["--dev"])
+    yield server
+    server.stop()
+
+
+def node_env(redis: RedisProcess, name: str) -> dict[str, str]:
+    return {
+        "VOICE_TOKEN_SECRET": SECRET,
+        "VOICE_STORE_URL": redis.url,
+        "VOICE_API_KEYS": f"acme:{KEY}",
+        "VOICE_NODE_ID": name,
+        "VOICE_INSPECT": "1",
+        "VOICE_ADMIN_KEYS": f"{ADMIN},second-{'b' * 40}",
+        "VOICE_RATE_LIMIT_KEY": "0",
+        "VOICE_MOCK_AGENT": "demo",
+        "VOICE_MOCK_AGENT_ORG": "acme",
+    }
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[list[ServerProcess]]:
+    """Two nodes on one real redis-server, inspection on with admin keys."""
+    redis = start_redis()
+    nodes = [start_server(node_env(redis, f"node-{n}")) for n in "ab"]
+    yield nodes
+    for node in nodes:
+        node.stop()
+    redis.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=20) as client:
+        yield client
+
+
+async def mint(
+    http: httpx.AsyncClient, server: ServerProcess, channel: str = "chat", agent: str = "demo"
+) -> str:
+    answer = await http.get(f"{server.url}/{channel}/token", params={"agent_id": agent}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["token"])
+
+
+async def chat(server: ServerProcess, token: str, text: str | None = "hello") -> dict[str, Any]:
+    """Open a chat, say ``text`` and wait for the mock agent's answer; the chat.connected frame."""
+    async with websockets.connect(server.ws_url + f"/chat/ws?token={token}") as ws:
+        connected: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if text is not None:
+            await ws.send(json.dumps({"event": "message", "text": text}))
+            echoed = False  # the mock agent's greeting streams first: wait for the echo's chat.done
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                echoed = echoed or text in str(frame.get("text", ""))
+                if echoed and frame.get("event") == "chat.done":
+                    break
+    return connected
+
+
+async def get(http: httpx.AsyncClient, server: ServerProcess, path: str, **params: Any) -> Any:
+    answer = await http.get(server.url + path, params=params, headers=ADMIN_AUTH)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def eventually(probe: Any, timeout: float = 5.0) -> Any:
+    """``await probe()`` until it is truthy (another node's journal write takes a moment)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await probe()
+        if value or loop.time() > deadline:
+            return value
+        await asyncio.sleep(0.05)
+
+
+# -- on, off, auth -------------------------------------------------------------------------------
+async def test_health_names_the_node_and_store(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    body = await get(http, dev, "/_voice/health")
+    assert body["inspect"] is True and body["store"] == "memory" and body["node"]
+
+
+async def test_off_the_paths_answer_like_unknown_routes(http: httpx.AsyncClient) -> None:
+    server = start_server({"VOICE_TOKEN_SECRET": SECRET, "VOICE_API_KEYS": f"acme:{KEY}"})
+    try:
+        unknown = await http.get(server.url + "/no/such/route")
+        for path in ("/_voice/health", "/_voice/journal", "/_voice/tokens", "/_voice/sessions/x"):
+            answer = await http.get(server.url + path, headers=ADMIN_AUTH)
+            assert answer.status_code == 404
+            assert answer.json()["code"] == unknown.json()["code"] == "not_found"
+        assert (await http.post(server.url + "/_voice/reset")).status_code == 404
+    finally:
+        server.stop()
+
+
+async def test_outside_dev_an_admin_key_is_required(
+    pair: list[ServerProcess], http: httpx.AsyncClient
+) -> None:
+    a, _ = pair
+    missing = await http.get(a.url + "/_voice/tokens")
+    assert (missing.status_code, missing.json()["code"]) == (401, "admin_key_required")
+    wrong = await http.get(a.url + "/_voice/tokens", headers={"Authorization": "Bearer " + "x" * 40})
+    assert (wrong.status_code, wrong.json()["code"]) == (403, "invalid_admin_key")
+    org_key = await http.get(a.url + "/_voice/journal", headers=AUTH)  # an org's key is not an admin key
+    assert (org_key.status_code, org_key.json()["code"]) == (403, "invalid_admin_key")
+    second = await http.get(a.url + "/_voice/health", headers={"Authorization": f"Bearer second-{'b' * 40}"})
+    assert second.status_code == 200 and second.json()["store"] == "redis"
+
+
+def test_inspection_outside_dev_without_admin_keys_does_not_start() -> None:
+    with pytest.raises(RuntimeError, match="VOICE_ADMIN_KEYS"):
+        start_server({"VOICE_TOKEN_SECRET": SECRET, "VOICE_INSPECT": "1"})
+
+
+# -- journal and tokens --------------------------------------------------------------------------
+async def test_a_mint_and_its_consume_are_in_the_ledger(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    token = await mint(http, dev)
+    await chat(dev, token)
+    rows = (await get(http, dev, "/_voice/tokens", agent_id="demo", channel="chat"))["items"]
+    row = rows[-1]
+    assert row["state"] == "consumed" and row["channel"] == "chat" and row["agents"] == ["demo"]
+    assert (
+        row["org"] == "acme"
+        and row["consumed_by"].startswith("chat-")
+        and row["consumed_at"] >= row["minted_at"]
+    )
+    assert token not in json.dumps(rows) and token.split(".")[-1] not in json.dumps(rows)
+    consumes = (await get(http, dev, "/_voice/journal", kind="consume."))["items"]
+    assert next(e for e in consumes if e.get("jti") == row["jti"])["session_id"] == row["consumed_by"]
+    session = await get(http, dev, f"/_voice/sessions/{row['consumed_by']}")
+    assert session["transport"] == "chat" and session["agent_id"] == "demo"
+    directions = {(f["direction"], f["event"]) for f in session["timeline"]}
+    assert ("browser->server", "message") in directions
+    assert ("server->agent", "chat.message") in directions
+    assert ("agent->server", "bot.reply") in directions, session["timeline"]
+    assert ("server->browser", "chat.done") in directions
+
+
+async def test_refusals_are_journaled_with_their_code(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    token = await mint(http, dev)
+    await chat(dev, token, text=None)
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    await http.get(f"{dev.url}/chat/token", params={"agent_id": "nobody"}, headers=AUTH)
+    refused = (await get(http, dev, "/_voice/journal", kind="consume.refused"))["items"]
+    assert refused[-1]["code"] == "token_spent" and refused[-1]["channel"] == "chat"
+    mints = (await get(http, dev, "/_voice/journal", kind="mint.refused", agent_id="nobody"))["items"]
+    assert mints[-1]["code"] == "agent_not_online" and mints[-1]["status"] == 404
+    unused = await mint(http, dev, "webrtc")
+    issued = (await get(http, dev, "/_voice/tokens", state="issued", channel="webrtc"))["items"]
+    assert issued[-1]["state"] == "issued" and issued[-1]["consumed_by"] is None
+    assert unused not in json.dumps(issued)
+
+
+async def test_pages_follow_after_and_limit(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    for _ in range(5):
+        await mint(http, dev, "webrtc")
+    first = await get(http, dev, "/_voice/journal", kind="mint.allowed", limit=2)
+    assert len(first["items"]) == 2 and first["next_after"] == first["items"][-1]["seq"]
+    rest = await get(http, dev, "/_voice/journal", kind="mint.allowed", after=first["next_after"], limit=1000)
+    assert rest["next_after"] is None
+    seqs = [e["seq"] for e in first["items"] + rest["items"]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_client_connect_and_register_are_journaled(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    sdk = await SdkClient.connect(dev.url, KEY)
+    try:
+        await sdk.create_agent("watched")
+    finally:
+        await sdk.close()
+    registered = (await get(http, dev, "/_voice/journal", kind="client.", agent_id="watched"))["items"]
+    assert registered[-1]["kind"] == "client.register" and registered[-1]["org"] == "acme"
+    connects = (await get(http, dev, "/_voice/journal", kind="client.connect"))["items"]
+    assert connects and connects[-1]["org"] == "acme"
+
+
+async def test_the_stream_replays_then_follows(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    before = (await get(http, dev, "/_voice/journal", limit=1000))["items"]
+    after = before[-1]["seq"] if before else 0
+    got: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        async with http.stream("GET", dev.url + "/_voice/journal/stream", params={"after": after}) as answer:
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            async for line in answer.aiter_lines():
+                if line.startswith("data: "):
+                    got.append(json.loads(line[6:]))
+                    if got[-1]["kind"] == "mint.allowed":
+                        return
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)
+    await mint(http, dev, "webrtc")
+    await asyncio.wait_for(reader, 10)
+    assert got[-1]["kind"] == "mint.allowed" and got[-1]["seq"] > after
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/_voice/tokens", {"state": "nonsense"}),
+        ("/_voice/tokens", {"channel": "fax"}),
+        ("/_voice/tokens", {"limit": "0"}),
+        ("/_voice/tokens", {"limit": "1001"}),
+        ("/_voice/journal", {"after": "-1"}),
+        ("/_voice/journal", {"after": "abc"}),
+        ("/_voice/journal", {"surprise": "1"}),
+        ("/_voice/journal/stream", {"after": "x"}),
+        ("/_voice/sessions", {"state": "zombie"}),
+        ("/_voice/health", {"x": "1"}),
+    ],
+)
+async def test_bad_queries_are_invalid_requests(
+    dev: ServerProcess, http: httpx.AsyncClient, path: str, params: dict[str, str]
+) -> None:
+    answer = await http.get(dev.url + path, params=params)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == "invalid_request" and answer.json()["detail"]
+
+
+async def test_an_unknown_session_is_session_not_found(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    answer = await http.get(dev.url + "/_voice/sessions/chat-nope")
+    assert (answer.status_code, answer.json()["code"]) == (404, "session_not_found")
+
+
+# -- two nodes on one Redis ----------------------------------------------------------------------
+async def test_every_node_answers_for_the_deployment(
+    pair: list[ServerProcess], http: httpx.AsyncClient
+) -> None:
+    a, b = pair
+    token = await mint(http, a)
+    connected = await chat(b, token)
+    assert connected["event"] == "chat.connected"
+
+    async def consumed_on_b() -> list[dict[str, Any]]:
+        rows = (await get(http, a, "/_voice/tokens", channel="chat", state="consumed"))["items"]
+        return [r for r in rows if r["node"] == "node-a"]
+
+    rows = await eventually(consumed_on_b)
+    assert rows, "the consume on node b never reached node a's ledger"
+    call_id = rows[-1]["consumed_by"]
+    session = await eventually(lambda: get(http, b, f"/_voice/sessions/{call_id}"))
+    assert session["node"] == "node-b" and session["state"] == "ended"
+    listed = (await get(http, a, "/_voice/sessions", agent_id="demo", state="ended"))["items"]
+    assert call_id in [s["call_id"] for s in listed]
+    journal_a = (await get(http, a, "/_voice/journal", limit=1000))["items"]
+    journal_b = (await get(http, b, "/_voice/journal", limit=1000))["items"]
+    assert [e["seq"] for e in journal_a] == [e["seq"] for e in journal_b]
+    assert {e["node"] for e in journal_a} >= {"node-a", "node-b"}
