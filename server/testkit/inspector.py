@@ -155,10 +155,10 @@ class Inspector:
     def stream_journal(
         self, after: int | None = None, kind: str | None = None, agent_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """``GET /_voice/journal/stream``: entries as the server journals them (after ``after``
-        first), until the server closes the stream. ``kind`` and ``agent_id`` filter here, as
-        the list does (the stream itself sends everything)."""
-        params = {"after": after} if after is not None else {}
+        """``GET /_voice/journal/stream``: entries as the server journals them (those after
+        ``after`` first), until the server closes the stream; filtered as the list is."""
+        wanted = {"after": after, "kind": kind, "agent_id": agent_id}
+        params = {k: v for k, v in wanted.items() if v is not None}
         timeout = httpx.Timeout(10.0, read=None)
         with self._http.stream("GET", "/journal/stream", params=params, timeout=timeout) as response:
             if not response.is_success:
@@ -167,9 +167,7 @@ class Inspector:
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
-                entry = json.loads(line[5:])
-                if _matches(entry, kind, agent_id):
-                    yield entry
+                yield json.loads(line[5:])
 
     def sessions(self, agent_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
         return self._items("/sessions", {"agent_id": agent_id, "state": state, "limit": 1000})
@@ -229,12 +227,3 @@ class Inspector:
         entries = [e for e in self.journal(kind=kind) if e.get("code") == code]
         assert entries, f"no {kind} with code {code} in the journal"
         return entries[-1]
-
-
-def _matches(entry: dict[str, Any], kind: str | None, agent_id: str | None) -> bool:
-    """The journal's own filters: ``kind`` exact or a prefix ending in "."; ``agent_id`` in the
-    entry's ``agent_id`` or its ``agents``."""
-    name = str(entry.get("kind", ""))
-    if kind and not (name == kind or (kind.endswith(".") and name.startswith(kind))):
-        return False
-    return not agent_id or entry.get("agent_id") == agent_id or agent_id in (entry.get("agents") or [])

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from server.testkit.inspector import Inspector
+from server.testkit.inspector import InspectionUnavailable, Inspector
 
 if TYPE_CHECKING:
     import asyncio
@@ -171,9 +171,10 @@ class VoiceServer:
         """Back to a clean state between tests: this handle's agents offline, then
         ``POST /_voice/reset``. False when the server has inspection off and cannot be reset."""
         self.close_agents()
-        if not self.inspector.available():
+        try:
+            self.inspector.reset()
+        except InspectionUnavailable:
             return False
-        self.inspector.reset()
         return True
 
     # -- driving it --------------------------------------------------------------------------------

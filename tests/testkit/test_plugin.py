@@ -60,6 +60,33 @@ def test_allowed_origins_gate_the_public_mint(voice_server):
     assert (refused.status_code, refused.json()["code"]) == (403, "origin_not_allowed")
 
 
+def test_the_journal_says_which_session_consumed_the_token(voice_agent, voice_server):
+    inspector = voice_server.inspector
+    with voice_agent.chat() as chat:
+        chat.send("journal me")
+    row = inspector.assert_consumed_once(chat.token, by=chat)
+    assert row["agents"] == [voice_agent.agent_id] and row["channel"] == "chat"
+    timeline = [(t["direction"], t["event"]) for t in inspector.session(chat.call_id)["timeline"]]
+    assert ("browser->server", "message") in timeline and ("agent->server", "bot.reply") in timeline
+    unused = voice_agent.mint("chat")
+    try:
+        inspector.assert_consumed_once(unused, by=chat)
+    except AssertionError as exc:
+        assert "is issued, not consumed" in str(exc)
+    else:
+        raise AssertionError("an unused token passed assert_consumed_once")
+    assert voice_server.mint("nobody").status_code == 404
+    assert inspector.assert_refused("mint.refused", "agent_not_online")["agent_id"] == "nobody"
+
+
+def test_a_voice_call_is_in_the_ledger_too(voice_agent, voice_server):
+    with voice_agent.browser() as call:
+        call.say("ledger")
+    voice_server.inspector.assert_consumed_once(call.token, by=call)
+    (session,) = [s for s in voice_server.inspector.sessions() if s["call_id"] == call.call_id]
+    assert session["transport"] == "webrtc"
+
+
 def test_the_secret_key_is_the_servers(voice_server):
     health = httpx.get(voice_server.url + "/readyz")
     assert health.status_code == 200
@@ -93,7 +120,7 @@ def test_a_separate_project_gets_the_fixtures_with_nothing_passed(tmp_path: Path
     assert not tmp_path.resolve().is_relative_to(ROOT)
     result = run_project(tmp_path, PROJECT_TESTS)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout, result.stdout
+    assert "8 passed" in result.stdout, result.stdout
 
 
 def test_a_failing_expectation_fails_the_users_test_with_what_was_seen(tmp_path: Path) -> None:
