@@ -23,7 +23,18 @@ from server.services import displace
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
-from server.web import agents, demo, errors, health, inspect, sdk_extras, tokens, webrtc_http, whatsapp
+from server.web import (
+    agents,
+    demo,
+    errors,
+    health,
+    inspect,
+    inspect_ui,
+    sdk_extras,
+    tokens,
+    webrtc_http,
+    whatsapp,
+)
 from server.web.middleware import AccessLog, CleanPath
 from server.web.middleware import log as access_log
 
@@ -74,6 +85,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         Route("/readyz", health.readyz),
         Route("/metrics", health.metrics),
         *(inspect.routes() if settings.inspect else []),  # off: /_voice/* is an unknown route
+        *(inspect_ui.routes() if settings.inspect else []),  # the page at /_voice/ui, with the API
         WebSocketRoute("/{path:path}", errors.unknown_websocket),  # last: what no route above serves
     ]
     return VoiceApp(
