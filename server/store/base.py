@@ -197,7 +197,37 @@ class Bus(Protocol):
         ...
 
 
-class Store(TokenStore, KeyStore, AgentStore, MessageStore, EventStore, Bus, Protocol):
+# What ``POST /_voice/reset`` can clear: each family is the keys that start with these prefixes
+# (the same names on both backends; on Redis after the store's own prefix). API keys are no family:
+# configuration survives every reset.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "tokens": ("tok:",),  # issued and not yet consumed (consuming deletes the key: no marker)
+    "sessions": ("ix:call:",),  # the call index that relays agents' commands to sessions
+    "journal": ("ev:_voice/journal",),
+    "timelines": ("ev:_voice/tl/",),
+    "rate_limits": ("rl:",),
+    "whatsapp": ("seen:wa:", "ls:wa:q:"),  # webhook dedupe, queues for offline numbers
+    "chat_threads": ("ls:chat:", "lx:th:"),
+    "agents": ("ag:",),  # only with {"agents": true}
+}
+
+
+class InspectStore(Protocol):
+    """What the inspection API (``/_voice/``) needs besides the rest."""
+
+    async def clear(self, families: Sequence[str]) -> int:
+        """Delete every key of each of ``families`` (names of :data:`FAMILIES`); how many went.
+        Each family goes in one atomic step where the backend allows (one Lua SCAN+UNLINK on Redis)."""
+        ...
+
+    async def get_value(self, key: str) -> str | None: ...
+
+    async def set_value(self, key: str, value: str | None, ttl: float | None = None) -> None:
+        """Set (None: delete) a small shared value, e.g. the test clock's offset."""
+        ...
+
+
+class Store(TokenStore, KeyStore, AgentStore, MessageStore, EventStore, InspectStore, Bus, Protocol):
     """Everything a node needs from the shared store."""
 
     url: str

@@ -16,7 +16,7 @@ from typing import Any
 
 from server.core.apikeys import ApiKey
 from server.core.ratelimit import Verdict, judge, window_ms
-from server.store.base import AgentRecord, EventPage, Hit, agent_key
+from server.store.base import FAMILIES, AgentRecord, EventPage, Hit, agent_key
 
 Clock = Callable[[], float]
 SWEEP_EVERY = 512
@@ -245,6 +245,25 @@ class MemoryStore:
             return EventPage([], 0, held.last if held is not None else 0)
         entries = [(n, e) for n, e in held.entries if n > after][:limit] if limit > 0 else []
         return EventPage(entries, held.entries[0][0], held.last)
+
+    # -- inspection ------------------------------------------------------------------------
+    async def clear(self, families: Sequence[str]) -> int:
+        prefixes = tuple(p for family in families for p in FAMILIES[family])
+        gone = [key for key in self._values if key.startswith(prefixes)]
+        for key in gone:
+            self._values.pop(key, None)
+            self._expiry.pop(key, None)
+        return len(gone)
+
+    async def get_value(self, key: str) -> str | None:
+        value: str | None = self._get("v:" + key)
+        return value
+
+    async def set_value(self, key: str, value: str | None, ttl: float | None = None) -> None:
+        if value is None:
+            self._delete("v:" + key)
+        else:
+            self._set("v:" + key, value, ttl)
 
     # -- bus -------------------------------------------------------------------------------
     async def publish(self, channel: str, message: str) -> int:

@@ -32,7 +32,7 @@ from server.core.apikeys import ApiKey, KeyKind
 from server.core.ratelimit import Verdict, judge, window_ms
 from server.errors import StoreUnavailable, VoiceError
 from server.store import mints
-from server.store.base import AgentRecord, EventPage, Hit, agent_key
+from server.store.base import FAMILIES, AgentRecord, EventPage, Hit, agent_key
 from server.store.pipeline import AutoPipeline
 from server.store.sentinel import FailoverFence
 
@@ -57,6 +57,7 @@ _SCRIPTS = (
     "touch_index",
     "touch_key",
     "revoke_key",
+    "clear_family",
 )
 
 
@@ -66,6 +67,10 @@ def _lua(name: str) -> str:
 
 CONSUME = _lua("consume_token")  # sent as EVAL: a few hundred bytes, no NOSCRIPT to recover from
 ISSUE = _lua("issue_token")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _ms(seconds: float) -> int:
@@ -363,6 +368,32 @@ class RedisStore:
         return EventPage(
             entries, _event_number(first[0][0]) if first else 0, _event_number(last[0][0]) if last else 0
         )
+
+    # -- inspection ------------------------------------------------------------------------
+    async def clear(self, families: Sequence[str]) -> int:
+        patterns = [PREFIX + _glob_escape(p) + "*" for family in families for p in FAMILIES[family]]
+        if isinstance(self._redis, RedisCluster):
+            # A script cannot reach keys of other slots: each shard is scanned and unlinked in
+            # batches (not atomic per family there; nothing else writes during a test's reset).
+            gone = 0
+            for pattern in patterns:
+                keys = [k async for k in self._redis.scan_iter(match=pattern, count=1000)]
+                for key in keys:
+                    gone += int(await self._run(self._redis.unlink(key)))
+            return gone
+        # One script per family: the whole family goes at once, nothing interleaves with it.
+        return sum([int(await self._script("clear_family", [], [p])) for p in patterns])
+
+    async def get_value(self, key: str) -> str | None:
+        raw = await self._run(self._redis.get(PREFIX + "v:" + key))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def set_value(self, key: str, value: str | None, ttl: float | None = None) -> None:
+        name = PREFIX + "v:" + key
+        if value is None:
+            await self._run(self._redis.delete(name))
+        else:
+            await self._run(self._redis.set(name, value, px=_ms(ttl) if ttl is not None else None))
 
     # -- bus -------------------------------------------------------------------------------
     async def publish(self, channel: str, message: str) -> int:

@@ -19,7 +19,7 @@ from server.errors import VoiceError
 from server.realtime.chat_ws import chat_asgi, chat_endpoint
 from server.realtime.client_ws import client_endpoint
 from server.realtime.stream_ws import stream_endpoint
-from server.services import displace
+from server.services import control, displace
 from server.services.node import Node
 from server.settings import Settings
 from server.store import Store
@@ -53,6 +53,9 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         app.state.node = node
         webrtc_http.install(app, node)
         displace.install(node)
+        if settings.inspect:
+            control.install(node)
+            await control.load_clock(node)  # a node started after a clock advance keeps to it
         try:
             if on_ready is not None:
                 await on_ready(node)

@@ -22,7 +22,7 @@ from server.core import strictjson
 from server.core.apikeys import parse_bearer
 from server.core.tokens import Channel
 from server.errors import AdminKeyRequired, InvalidAdminKey, InvalidRequest, SessionNotFound
-from server.services import inspector
+from server.services import control, inspector
 from server.services.inspector import MAX_LIMIT, Page
 from server.services.journal import Journal
 from server.services.node import Node
@@ -196,6 +196,31 @@ async def session(request: Request) -> Response:
     return JSONResponse({**found, "timeline": await log.timeline(call_id)})
 
 
+async def reset(request: Request) -> Response:
+    _query(request, ())
+    body = await body_of(request)
+    unknown = sorted(set(body) - {"agents"})
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}; expected agents")
+    agents = body.get("agents", False)
+    if not isinstance(agents, bool):
+        raise InvalidRequest("agents must be true or false")
+    families = await control.reset(_node(request), agents)
+    return JSONResponse({"reset": True, "families": families})
+
+
+async def clock(request: Request) -> Response:
+    _query(request, ())
+    node = _node(request)
+    if request.method == "POST":
+        advance = control.parse_clock(await body_of(request))
+        if advance is not None:
+            await control.advance_clock(node, advance)
+    else:
+        await control.load_clock(node)
+    return JSONResponse({"offset_seconds": node.wall_clock.offset, "now": node.wall_clock()})
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/_voice/health", guarded(health), methods=["GET"]),
@@ -204,4 +229,6 @@ def routes() -> list[BaseRoute]:
         Route("/_voice/tokens", guarded(tokens), methods=["GET"]),
         Route("/_voice/sessions", guarded(sessions), methods=["GET"]),
         Route("/_voice/sessions/{call_id}", guarded(session), methods=["GET"]),
+        Route("/_voice/reset", guarded(reset), methods=["POST"]),
+        Route("/_voice/clock", guarded(clock), methods=["GET", "POST"]),
     ]

@@ -276,3 +276,156 @@ async def test_every_node_answers_for_the_deployment(
     journal_b = (await get(http, b, "/_voice/journal", limit=1000))["items"]
     assert [e["seq"] for e in journal_a] == [e["seq"] for e in journal_b]
     assert {e["node"] for e in journal_a} >= {"node-a", "node-b"}
+
+
+# -- reset -------------------------------------------------------------------------------------
+async def post(http: httpx.AsyncClient, server: ServerProcess, path: str, body: Any = None) -> Any:
+    answer = await http.post(server.url + path, json=body, headers=ADMIN_AUTH)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def close_reason(ws: websockets.ClientConnection, timeout: float = 10.0) -> str:
+    """Read until the server closes the socket; its close reason."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    rcvd = closed.value.rcvd
+    return rcvd.reason if rcvd is not None else ""
+
+
+async def test_reset_ends_live_sessions_and_forgets_tokens(
+    dev: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    unused = await mint(http, dev)
+    live = await mint(http, dev)
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={live}") as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == "chat.connected"
+        answer = await post(http, dev, "/_voice/reset")
+        assert answer["reset"] is True
+        assert {"tokens", "sessions", "journal", "timelines", "rate_limits", "whatsapp"} <= set(
+            answer["families"]
+        )
+        assert "agents" not in answer["families"]
+        await close_reason(ws)
+    assert (await get(http, dev, "/_voice/tokens"))["items"] == []
+    ended = (await get(http, dev, "/_voice/journal", kind="session.end"))["items"]
+    assert [e["reason"] for e in ended] == ["reset"]
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={unused}") as ws:
+        assert await close_reason(ws) == "token_spent"  # its id is gone: it can never be used
+    assert (await get(http, dev, "/_voice/health"))["inspect"] is True  # agents stayed:
+    await mint(http, dev)
+
+
+async def test_reset_with_agents_takes_them_offline(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    sdk = await SdkClient.connect(dev.url, KEY)
+    await sdk.create_agent("resettable")
+    await mint(http, dev, agent="resettable")
+    answer = await post(http, dev, "/_voice/reset", {"agents": True})
+    assert "agents" in answer["families"]
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await sdk.recv()
+    gone = await http.get(f"{dev.url}/chat/token", params={"agent_id": "resettable"}, headers=AUTH)
+    assert gone.json()["code"] == "agent_not_online"
+
+
+@pytest.mark.parametrize("body", [{"agents": "yes"}, {"surprise": 1}, [1], "reset", 3])
+async def test_bad_reset_bodies_are_invalid_requests(
+    dev: ServerProcess, http: httpx.AsyncClient, body: Any
+) -> None:
+    answer = await http.post(dev.url + "/_voice/reset", json=body)
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request")
+    broken = await http.post(dev.url + "/_voice/reset", content=b"{not json")
+    assert (broken.status_code, broken.json()["code"]) == (400, "invalid_request")
+
+
+async def test_reset_on_one_node_ends_sessions_on_the_other(
+    pair: list[ServerProcess], http: httpx.AsyncClient
+) -> None:
+    a, b = pair
+    token = await mint(http, b)
+    async with websockets.connect(b.ws_url + f"/chat/ws?token={token}") as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == "chat.connected"
+        await post(http, a, "/_voice/reset")
+        await close_reason(ws)
+
+    async def ended() -> list[dict[str, Any]]:
+        return list((await get(http, a, "/_voice/journal", kind="session.end"))["items"])
+
+    entries = await eventually(ended)
+    assert [(e["reason"], e["node"]) for e in entries] == [("reset", "node-b")]
+    assert (await get(http, b, "/_voice/tokens"))["items"] == []
+
+
+# -- clock -------------------------------------------------------------------------------------
+async def test_an_advance_expires_a_token_without_sleeping(
+    dev: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    token = await mint(http, dev)
+    try:
+        moved = await post(http, dev, "/_voice/clock", {"advance_seconds": 120})
+        assert moved["offset_seconds"] == 120 and moved["now"] > 0
+        row = (await get(http, dev, "/_voice/tokens", state="expired"))["items"][-1]
+        assert row["state"] == "expired"
+        async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+            assert await close_reason(ws) == "token_expired"
+        refused = (await get(http, dev, "/_voice/journal", kind="consume.refused"))["items"]
+        assert refused[-1]["code"] == "token_expired"
+        fresh = await mint(http, dev)  # minted on the moved clock: valid on it
+        assert (await chat(dev, fresh, text=None))["event"] == "chat.connected"
+    finally:
+        back = await post(http, dev, "/_voice/clock", {"reset": True})
+    assert back["offset_seconds"] == 0
+    assert (await get(http, dev, "/_voice/clock"))["offset_seconds"] == 0
+
+
+async def test_an_advance_ends_an_idle_session(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    token = await mint(http, dev)
+    try:
+        async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+            connected = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await post(http, dev, "/_voice/clock", {"advance_seconds": 301})  # VOICE_SESSION_IDLE_SECONDS 300
+            await close_reason(ws, timeout=5)
+    finally:
+        await post(http, dev, "/_voice/clock", {"reset": True})
+    rows = (await get(http, dev, "/_voice/tokens", channel="chat", state="consumed"))["items"]
+    call_id = rows[-1]["consumed_by"]
+    session = await get(http, dev, f"/_voice/sessions/{call_id}")
+    assert connected["event"] == "chat.connected"
+    assert (session["state"], session["end_reason"]) == ("ended", "idle_timeout")
+
+
+async def test_the_clock_moves_on_every_node(pair: list[ServerProcess], http: httpx.AsyncClient) -> None:
+    a, b = pair
+    try:
+        await post(http, a, "/_voice/clock", {"advance_seconds": 30})
+        await post(http, b, "/_voice/clock", {"advance_seconds": 30})
+        seen = await get(http, a, "/_voice/clock")
+        assert seen["offset_seconds"] == 60
+        assert (await get(http, b, "/_voice/clock"))["offset_seconds"] == 60
+    finally:
+        await post(http, a, "/_voice/clock", {"reset": True})
+    assert (await get(http, b, "/_voice/clock"))["offset_seconds"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"advance_seconds": -1},
+        {"advance_seconds": 0},
+        {"advance_seconds": "60"},
+        {"advance_seconds": True},
+        {"advance_seconds": 1e12},
+        {"reset": False},
+        {"reset": True, "advance_seconds": 1},
+        {"when": "now"},
+        [60],
+    ],
+)
+async def test_bad_clock_bodies_are_invalid_requests(
+    dev: ServerProcess, http: httpx.AsyncClient, body: Any
+) -> None:
+    answer = await http.post(dev.url + "/_voice/clock", json=body)
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request"), answer.text
