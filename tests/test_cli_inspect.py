@@ -162,6 +162,45 @@ def test_bad_input_is_the_servers_code_not_a_traceback(inspected: ServerProcess)
     assert "Traceback" not in bad_state.stderr + unknown.stderr
 
 
+@pytest.fixture
+def scratch() -> Iterator[ServerProcess]:
+    """A server of its own for the commands that change state."""
+    env = {
+        "VOICE_TOKEN_SECRET": SECRET,
+        "VOICE_API_KEYS": f"acme:{KEY}",
+        "VOICE_INSPECT": "1",
+        "VOICE_ADMIN_KEYS": ADMIN,
+    }
+    proc = start_server(env)
+    yield proc
+    proc.stop()
+
+
+def test_clock_shows_advances_and_resets_the_servers_clock(scratch: ServerProcess) -> None:
+    assert admin(scratch, "clock").stdout.startswith("offset: 0s  now: ")
+    moved = admin(scratch, "clock", "--advance", "90")
+    assert moved.returncode == 0 and moved.stdout.startswith("offset: 90s"), moved.stderr
+    shown = json.loads(admin(scratch, "--json", "clock").stdout)
+    assert shown["offset_seconds"] == 90 and shown["now"] > time.time() + 80
+    assert admin(scratch, "clock", "--reset").stdout.startswith("offset: 0s")
+    bad = admin(scratch, "clock", "--advance", "-5")
+    assert bad.returncode == 1 and "(invalid_request)" in bad.stderr, bad.stderr
+
+
+def test_reset_empties_the_ledger_and_with_agents_takes_them_offline(scratch: ServerProcess) -> None:
+    with VoiceServer.attach(scratch.url, KEY, ADMIN) as server:
+        agent = server.agent("reset-agent")
+        agent.mint("chat")
+        assert len(json.loads(admin(scratch, "--json", "tokens").stdout)["items"]) == 1
+        done = admin(scratch, "reset")
+        assert done.returncode == 0 and done.stdout.startswith("reset: "), done.stderr
+        assert json.loads(admin(scratch, "--json", "tokens").stdout)["items"] == []
+        assert server.mint("reset-agent").status_code == 200  # agents stay
+        everything = json.loads(admin(scratch, "--json", "reset", "--agents").stdout)
+        assert everything["reset"] is True and everything["families"]
+        assert server.mint("reset-agent").status_code == 404
+
+
 def test_an_unreachable_server_is_one_line_and_exit_1() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = inspect("--url", url, "tokens")

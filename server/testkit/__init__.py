@@ -15,7 +15,7 @@ Nothing here is imported by the server itself; it sits above every other layer, 
 
 from __future__ import annotations
 
-from server.testkit.agent import ChatSession, VoiceAgent
+from server.testkit.agent import ChatSession, SessionRefused, VoiceAgent
 from server.testkit.inspector import InspectionUnavailable, Inspector, InspectorError
 from server.testkit.process import VoiceServer, VoiceServerError
 
@@ -24,6 +24,7 @@ __all__ = [
     "InspectionUnavailable",
     "Inspector",
     "InspectorError",
+    "SessionRefused",
     "VoiceAgent",
     "VoiceServer",
     "VoiceServerError",

@@ -35,6 +35,16 @@ def echo(text: str, frame: Mapping[str, Any]) -> str:
     return f"You said: {text}"
 
 
+class SessionRefused(AssertionError):
+    """The server refused to open a session: ``code`` is its stable code (``token_expired``,
+    ``token_spent``...), ``status`` the HTTP status or WebSocket close code."""
+
+    def __init__(self, status: int, code: str, detail: str = "") -> None:
+        super().__init__(f"session refused: {status} {code} {detail}".rstrip())
+        self.status = status
+        self.code = code
+
+
 class Frames:
     """Frames received, in order, and a way to wait for one that matches."""
 
@@ -179,20 +189,23 @@ class VoiceAgent:
         token: str = response.json()["token"]
         return token
 
-    def chat(self, thread: str | None = None, metadata: Mapping[str, Any] | None = None) -> ChatSession:
-        """A browser's chat with this agent (a fresh backend-minted ``cht_`` token), open once
-        ``chat.connected`` arrived."""
-        session = ChatSession(self, self.mint("chat", metadata))
+    def chat(
+        self, thread: str | None = None, metadata: Mapping[str, Any] | None = None, token: str | None = None
+    ) -> ChatSession:
+        """A browser's chat with this agent, open once ``chat.connected`` arrived: with a fresh
+        backend-minted ``cht_`` token, or ``token``. A refused token raises :class:`SessionRefused`."""
+        session = ChatSession(self, token or self.mint("chat", metadata))
         self.server.run(session.open(thread))
         self._closeables.append(session)
         return session
 
-    def browser(self, config: Mapping[str, Any] | None = None) -> BrowserCall:
+    def browser(self, config: Mapping[str, Any] | None = None, token: str | None = None) -> BrowserCall:
         """A WebRTC call from an aiortc stand-in for ``@pinecall/web`` (microphone track and the
-        ``events`` data channel), connected once the data channel is open."""
+        ``events`` data channel), connected once the data channel is open; with a fresh
+        ``wrtc_`` token or ``token``. A refused offer raises :class:`SessionRefused`."""
         from server.testkit.browser import BrowserCall
 
-        call = BrowserCall(self, self.mint("webrtc"))
+        call = BrowserCall(self, token or self.mint("webrtc"))
         self.server.run(call.open(config))
         self._closeables.append(call)
         return call
@@ -239,9 +252,18 @@ class ChatSession:
 
     async def open(self, thread: str | None) -> None:
         query = {"token": self.token, **({"thread": thread} if thread else {})}
-        self._ws = await websockets.connect(_ws_url(self.agent.server.url, "/chat/ws?" + urlencode(query)))
-        self._reader = asyncio.create_task(self._read(self._ws))
-        connected = await self._frames.wait_for("chat.connected", 10)
+        ws = self._ws = await websockets.connect(
+            _ws_url(self.agent.server.url, "/chat/ws?" + urlencode(query))
+        )
+        self._reader = asyncio.create_task(self._read(ws))
+        try:
+            connected = await self._frames.wait_for("chat.connected", 10, stop_on=("socket.closed",))
+        except AssertionError:
+            # A refused token: the socket is closed before anything is sent, reason = the code.
+            closed = next((f for f in self._frames.items if f["event"] == "socket.closed"), None)
+            if closed is None:
+                raise
+            raise SessionRefused(closed["code"], closed["reason"]) from None
         self.session_id = connected["session_id"]
 
     async def _read(self, ws: ClientConnection) -> None:
@@ -250,13 +272,17 @@ class ChatSession:
                 frame = json.loads(message)
                 if isinstance(frame, dict):
                     await self._frames.add(frame)
+        # Not a server frame: how the socket ended, so a test can wait for the close too.
+        code, reason = (ws.close_code or 1006), (ws.close_reason or "")
+        await self._frames.add({"event": "socket.closed", "code": code, "reason": reason})
 
     async def _send(self, text: str, within: float) -> str:
         assert self._ws is not None
         start = len(self._frames.items)
         await self._ws.send(json.dumps({"event": "message", "text": text}))
         while True:
-            done = await self._frames.wait_for("chat.done", within, start=start, stop_on=("chat.error",))
+            stop = ("chat.error", "socket.closed")
+            done = await self._frames.wait_for("chat.done", within, start=start, stop_on=stop)
             if not str(done.get("message_id", "")).startswith("greet_"):
                 return str(done["text"])
             start = self._frames.items.index(done) + 1

@@ -21,7 +21,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from server.realtime.media import VoiceSource
 from server.realtime.rtc import VoiceTrack, pin_host_addresses
-from server.testkit.agent import Frames
+from server.testkit.agent import Frames, SessionRefused
 
 if TYPE_CHECKING:
     from server.testkit.agent import VoiceAgent
@@ -60,7 +60,7 @@ class BrowserCall:
         answer = response.json()
         if response.status_code != 200:
             await pc.close()
-            raise AssertionError(f"the offer was refused: {response.status_code} {answer}")
+            raise SessionRefused(response.status_code, answer.get("code", ""), answer.get("detail", ""))
         self.session_id = answer["session_id"]
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(opened.wait(), CONNECT_SECONDS)

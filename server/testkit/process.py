@@ -168,13 +168,17 @@ class VoiceServer:
             agent.close()
 
     def reset(self) -> bool:
-        """Back to a clean state between tests: this handle's agents offline, then
-        ``POST /_voice/reset``. False when the server has inspection off and cannot be reset."""
+        """Back to a clean state between tests: this handle's agents offline, ``POST
+        /_voice/reset``, the clock back to real time and no fault left. False when the server
+        has inspection off and cannot be reset."""
         self.close_agents()
         try:
             self.inspector.reset()
         except InspectionUnavailable:
             return False
+        for undo in (self.inspector.reset_clock, self.inspector.clear_faults):
+            with contextlib.suppress(InspectionUnavailable):  # a server without that part of the API
+                undo()
         return True
 
     # -- driving it --------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from tests.support.procs import ROOT, RedisProcess, free_port, running_server
 PROJECT_TESTS = """
 import httpx
 
+from server.testkit import SessionRefused
+
 SEEN = {}
 
 
@@ -87,6 +89,41 @@ def test_a_voice_call_is_in_the_ledger_too(voice_agent, voice_server):
     assert session["transport"] == "webrtc"
 
 
+def test_each_test_starts_from_a_clean_server(voice_server):
+    assert voice_server.inspector.tokens() == []
+    assert voice_server.inspector.sessions() == []
+    assert voice_server.inspector.clock()["offset_seconds"] == 0
+
+
+def test_the_clock_expires_a_token_without_sleeping(voice_agent, voice_server):
+    token = voice_agent.mint("chat")
+    voice_server.inspector.advance_clock(120)
+    try:
+        voice_agent.chat(token=token)
+    except SessionRefused as refused:
+        assert (refused.status, refused.code) == (1008, "token_expired")
+    else:
+        raise AssertionError("an expired token opened a chat")
+    assert voice_server.inspector.token(token)["state"] == "expired"
+    assert voice_server.inspector.assert_refused("consume.refused", "token_expired")
+
+
+def test_the_clock_is_back_to_real_time_in_the_next_test(voice_server):
+    assert voice_server.inspector.clock()["offset_seconds"] == 0
+
+
+def test_a_spent_token_is_refused_to_the_browser_stand_in(voice_agent):
+    token = voice_agent.mint("webrtc")
+    with voice_agent.browser(token=token):
+        pass
+    try:
+        voice_agent.browser(token=token)
+    except SessionRefused as refused:
+        assert (refused.status, refused.code) == (409, "token_spent")
+    else:
+        raise AssertionError("a spent token opened a second call")
+
+
 def test_the_secret_key_is_the_servers(voice_server):
     health = httpx.get(voice_server.url + "/readyz")
     assert health.status_code == 200
@@ -120,7 +157,7 @@ def test_a_separate_project_gets_the_fixtures_with_nothing_passed(tmp_path: Path
     assert not tmp_path.resolve().is_relative_to(ROOT)
     result = run_project(tmp_path, PROJECT_TESTS)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "8 passed" in result.stdout, result.stdout
+    assert "12 passed" in result.stdout, result.stdout
 
 
 def test_a_failing_expectation_fails_the_users_test_with_what_was_seen(tmp_path: Path) -> None:
