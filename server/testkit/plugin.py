@@ -10,6 +10,8 @@ in every pytest run, costing nothing until a test asks for one of its fixtures.
 Options (each also an environment variable, for CI):
 
 * ``--voice-store-url`` / ``VOICE_TEST_STORE_URL``: boot on that store (``redis://...``).
+* ``--voice-setting VOICE_NAME=VALUE`` (repeatable): a setting of the server to boot (the
+  caller's own VOICE_* environment is not passed on).
 * ``--voice-server-url`` / ``VOICE_TEST_SERVER_URL``: use a server that is already running,
   with ``--voice-api-key`` / ``VOICE_TEST_API_KEY`` and ``--voice-admin-key`` /
   ``VOICE_TEST_ADMIN_KEY``.
@@ -41,6 +43,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("voice-server", "voice-server test kit")
     for dest, (flag, variable, text) in OPTIONS.items():
         group.addoption(flag, dest=dest, default=None, help=f"{text} (default: ${variable})")
+    group.addoption(
+        "--voice-setting",
+        dest="voice_settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a VOICE_* setting of the server to boot (repeatable): --voice-setting VOICE_TOKEN_TTL=5",
+    )
 
 
 def _option(config: pytest.Config, dest: str) -> str | None:
@@ -60,7 +70,13 @@ def voice_server_process(pytestconfig: pytest.Config) -> Iterator[VoiceServer]:
             raise pytest.UsageError("--voice-server-url needs --voice-api-key (or VOICE_TEST_API_KEY)")
         server = VoiceServer.attach(url, api_key, _option(pytestconfig, "voice_admin_key"))
     else:
-        server = VoiceServer.boot(store_url=_option(pytestconfig, "voice_store_url"))
+        settings = {}
+        for pair in pytestconfig.getoption("voice_settings"):
+            name, equals, value = pair.partition("=")
+            if not equals or not name.startswith("VOICE_"):
+                raise pytest.UsageError(f"--voice-setting wants VOICE_NAME=VALUE, got {pair!r}")
+            settings[name] = value
+        server = VoiceServer.boot(store_url=_option(pytestconfig, "voice_store_url"), env=settings)
     try:
         yield server
     finally:

@@ -112,7 +112,9 @@ class VoiceServer:
             "VOICE_STORE_URL": store_url or "memory://",
             "VOICE_LOG_FORMAT": "json",
         }
-        full_env = {k: v for k, v in os.environ.items() if k not in settings}
+        # Nothing of the caller's VOICE_* environment (a CI job's VOICE_URL, a developer's
+        # VOICE_DEV or VOICE_PUBLIC_URL): the server's settings are these and ``env``.
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_")}
         full_env.update(settings)
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"

@@ -135,7 +135,7 @@ def run_project(tmp_path: Path, tests: str, *args: str, **env: str) -> subproces
     """``python -m pytest`` in a fresh project dir; nothing of this repo on the path but the
     installed package."""
     project = tmp_path / "project"
-    project.mkdir()
+    project.mkdir(parents=True)
     (project / "test_app.py").write_text(textwrap.dedent(tests))
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_") and k != "PYTHONPATH"}
     return subprocess.run(
@@ -185,6 +185,21 @@ def test_the_store_option_boots_the_server_on_redis(tmp_path: Path, redis_server
         result = run_project(tmp_path, tests, "--voice-store-url", url)
         assert result.returncode == 0, result.stdout + result.stderr
         assert client.dbsize() > 0, "nothing was written to the Redis named by --voice-store-url"
+
+
+def test_settings_come_from_the_option_not_the_callers_environment(tmp_path: Path) -> None:
+    tests = """
+    def test_the_setting_and_not_the_stale_environment(voice_agent, voice_server):
+        minted = voice_server.mint(voice_agent.agent_id).json()
+        assert minted["expires_in"] == 7
+        assert minted["server"] == voice_server.url
+        assert voice_server.mint("demo").status_code == 404  # not dev mode: no mock agent
+    """
+    stale = {"VOICE_PUBLIC_URL": "https://nowhere.invalid", "VOICE_DEV": "1", "VOICE_TOKEN_TTL": "3600"}
+    result = run_project(tmp_path, tests, "--voice-setting", "VOICE_TOKEN_TTL=7", **stale)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bad = run_project(tmp_path / "bad", tests, "--voice-setting", "TOKEN_TTL=1")
+    assert bad.returncode != 0 and "--voice-setting wants VOICE_NAME=VALUE" in bad.stdout + bad.stderr
 
 
 def test_the_server_url_option_targets_a_running_server(tmp_path: Path) -> None:
