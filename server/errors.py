@@ -28,6 +28,7 @@ the code as reason on WebSockets)::
     │   └── InvalidAdminKey        403 invalid_admin_key
     ├── SessionNotFound            404 session_not_found
     ├── FaultNotFound              404 fault_not_found
+    ├── InjectedFault              (the status and code a fault gives; default 503 fault_injected)
     ├── SlowConsumer               (WebSocket close only: 1013 slow_consumer)
     ├── NotSupported               501 not_supported
     ├── CapacityExceeded           503 at_capacity
@@ -195,6 +196,20 @@ class SessionNotFound(VoiceError):
 
 class FaultNotFound(VoiceError):
     status, code, ws_close_code, frame_code = 404, "fault_not_found", 1008, "FAULT_NOT_FOUND"
+
+
+class InjectedFault(VoiceError):
+    """A refusal asked for by ``POST /_voice/faults`` (``mint/fail``, ``consume/fail``): the
+    status and code of the fault, so a test sees exactly the refusal it set up."""
+
+    status, code, ws_close_code, frame_code = 503, "fault_injected", 1011, "FAULT_INJECTED"
+
+    def __init__(self, detail: str, status: int = 503, code: str = "fault_injected") -> None:
+        super().__init__(detail)
+        # Per instance: the class values are the default. setattr, as they are ClassVars.
+        setattr(self, "status", status)  # noqa: B010
+        setattr(self, "code", code)  # noqa: B010
+        setattr(self, "ws_close_code", 1011 if status >= 500 else 1008)  # noqa: B010
 
 
 class SlowConsumer(VoiceError):

@@ -229,6 +229,10 @@ class _Session:
         await self.connection.send({"event": "agent.created", "agent_id": raw})
         if self.node.journal is not None:
             self.node.journal.note("client.register", org=record.org_id, agent_id=slug)
+        faults = self.node.faults
+        if faults is not None and faults.active and faults.check("client", agent_id=slug) is not None:
+            await self.node.connection_closed(self.connection)
+            await self.connection.close(1011, "fault injected")
         event(log, "agent online", org_id=record.org_id, agent_id=slug, origins=list(record.allowed_origins))
 
     async def agent_configure(self, frame: Frame) -> None:

@@ -17,6 +17,7 @@ from server.metrics import Metrics
 from server.store.base import Hit, TokenStore
 
 if TYPE_CHECKING:
+    from server.services.faults import FaultBoard
     from server.services.journal import Journal
 
 Clock = Callable[[], float]
@@ -47,6 +48,7 @@ class Authority:
         self._metrics = metrics
         self._new_jti = JtiSource()
         self.journal: Journal | None = None  # set by the node when inspection is on
+        self.faults: FaultBoard | None = None  # likewise
 
     async def mint(
         self,
@@ -72,6 +74,9 @@ class Authority:
             call_id=call_id,
         )
         token = self._codec.encode(claims)
+        faults = self.faults
+        if faults is not None and faults.active:
+            await faults.store_fault()
         verdict = await self._store.issue_token(claims.jti, self._ttl + STORE_GRACE_SECONDS, hits)
         if not verdict.allowed:
             raise RateLimited("Too many token requests; slow down", verdict.retry_after)
@@ -106,6 +111,10 @@ class Authority:
         ``journaled=False``: the caller journals the consume itself once it knows the session
         (services/admission.py, through the session's reservation)."""
         try:
+            faults = self.faults
+            if faults is not None and faults.active:
+                faults.refusal("consume", channel=channel.value)
+                await faults.store_fault()
             claims = self._codec.decode(token, channel, self._clock())
             if not await self._store.consume_token(claims.jti):
                 raise TokenSpent("token has already been used")

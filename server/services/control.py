@@ -21,6 +21,7 @@ import logging
 import math
 
 from server.errors import InvalidRequest, VoiceError
+from server.services.faults import NOTICE as FAULTS_NOTICE
 from server.services.node import Node
 from server.store.base import FAMILIES
 
@@ -42,8 +43,29 @@ def install(node: Node) -> None:
                 await reset_here(node, agents=scope == "agents")
         elif kind == CLOCK:
             await load_clock(node)
+        elif kind == FAULTS_NOTICE and node.faults is not None:
+            await node.faults.reload()
 
     node.relay.on_invalidate.append(on_notice)
+    if node.faults is not None:
+        node.faults.on_change.append(lambda faults: drop_clients(node))
+
+
+async def drop_clients(node: Node) -> None:
+    """``client/drop``: close the ``/client`` socket here that holds a faulted agent (its agents
+    go offline, as when a network drops it; the SDK reconnects)."""
+    board = node.faults
+    if board is None or not any(f.target == "client" for f in board.active):
+        return
+    for connection in list(node.connections):
+        held = [
+            r.agent_id
+            for r in node.registry.local_agents()
+            if node.registry.local_connection(r.org_id, r.agent_id) is connection
+        ]
+        if any(board.check("client", agent_id=agent_id) is not None for agent_id in held):
+            await node.connection_closed(connection)
+            await connection.close(1011, "fault injected")
 
 
 async def reset(node: Node, agents: bool) -> list[str]:
@@ -62,6 +84,8 @@ async def reset_here(node: Node, agents: bool) -> None:
     """What one node holds: live sessions end (reason ``reset``), unwritten entries go."""
     if node.journal is not None:
         node.journal.discard_pending()
+    if node.faults is not None:
+        await node.faults.reload()
     for session in node.sessions.live():
         await session.end("reset")
     if agents:

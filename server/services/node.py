@@ -20,6 +20,7 @@ from server.services.authority import Authority
 from server.services.calls import CallRouter
 from server.services.events import CHANNEL as EVENTS_CHANNEL
 from server.services.events import EventLog
+from server.services.faults import FaultBoard
 from server.services.handoff import Handoff
 from server.services.journal import CHANNEL as JOURNAL_CHANNEL
 from server.services.journal import Journal
@@ -62,6 +63,7 @@ class Node:
     mock_agent: MockAgent | None = None  # VOICE_MOCK_AGENT (dev mode: agent "demo")
     whatsapp: WhatsAppService = field(init=False)  # webhooks and conversations (CONTRACT §7)
     journal: Journal | None = None  # the inspection journal; None when VOICE_INSPECT is off
+    faults: FaultBoard | None = None  # injected faults (/_voice/faults); None when off
     # Token expiry and the journal read wall_clock, session timers mono_clock; POST /_voice/clock
     # shifts both (services/inspector.py). Off, their offset stays 0.
     wall_clock: ShiftedClock = field(default_factory=ShiftedClock)
@@ -140,6 +142,7 @@ class Node:
             authority.journal = sessions.journal = journal
             relay.listen(JOURNAL_CHANNEL, journal.on_bus)
             journal.start()
+            node.faults = authority.faults = FaultBoard(store, journal, wall_clock, relay.invalidate)
         metrics.watch(node.live_metrics)
         relay.call_sink = node.deliver_command
         relay.on_invalidate.append(node.agent_gone_elsewhere)
@@ -156,6 +159,8 @@ class Node:
             await relay.invalidate("ready", settings.node_id)
         node.on_agent_offline.append(sessions.agent_offline)
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
+        if node.faults is not None:
+            node.whatsapp.graph.before_send = node.faults.graph_fault
         await node.whatsapp.start()
         registry.on_online.append(node.whatsapp.agent_online)  # drains messages queued while offline
         registry.channel_guards.append(node.whatsapp.guard_channel)

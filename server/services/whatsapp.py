@@ -98,7 +98,7 @@ class WhatsAppService:
         self.registry = registry
         self._http = http or httpx.AsyncClient(timeout=10.0, follow_redirects=False)
         self._own_http = http is None
-        graph = GraphClient(settings.whatsapp_graph_url, self._http)
+        graph = self.graph = GraphClient(settings.whatsapp_graph_url, self._http)
         self.conversations = Conversations(
             registry, calls, graph, settings.whatsapp_session_idle_seconds, clock
         )

@@ -66,6 +66,8 @@ class GraphClient:
         self._http = http
         self._backoff = backoff
         self._sleep = sleep
+        # Injected faults (/_voice/faults): waits, or names a status to fail the attempt with.
+        self.before_send: Callable[[], Awaitable[int | None]] | None = None
 
     async def send_text(self, phone_number_id: str, access_token: str, to: str, body: str) -> str:
         """Send one text message; the WhatsApp message id, or GraphError after the last attempt."""
@@ -75,6 +77,13 @@ class GraphClient:
         for attempt in range(SEND_ATTEMPTS):
             if attempt:
                 await self._sleep(self._backoff * 2 ** (attempt - 1))
+            if self.before_send is not None:
+                injected = await self.before_send()
+                if injected is not None:
+                    last = GraphError(f"Graph API answered {injected} (fault injected)", injected)
+                    if not retryable(injected):
+                        break
+                    continue
             try:
                 response = await self._http.post(url, json=text_message(to, body), headers=headers)
             except httpx.TimeoutException:

@@ -208,6 +208,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "rate_limits": ("rl:",),
     "whatsapp": ("seen:wa:", "ls:wa:q:"),  # webhook dedupe, queues for offline numbers
     "chat_threads": ("ls:chat:", "lx:th:"),
+    "faults": ("v:_voice/faults",),
     "agents": ("ag:",),  # only with {"agents": true}
 }
 

@@ -56,6 +56,8 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         if settings.inspect:
             control.install(node)
             await control.load_clock(node)  # a node started after a clock advance keeps to it
+            if node.faults is not None:
+                await node.faults.reload()
         try:
             if on_ready is not None:
                 await on_ready(node)

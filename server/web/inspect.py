@@ -23,6 +23,7 @@ from server.core.apikeys import parse_bearer
 from server.core.tokens import Channel
 from server.errors import AdminKeyRequired, InvalidAdminKey, InvalidRequest, SessionNotFound
 from server.services import control, inspector
+from server.services.faults import FaultBoard
 from server.services.inspector import MAX_LIMIT, Page
 from server.services.journal import Journal
 from server.services.node import Node
@@ -221,6 +222,28 @@ async def clock(request: Request) -> Response:
     return JSONResponse({"offset_seconds": node.wall_clock.offset, "now": node.wall_clock()})
 
 
+def _board(node: Node) -> FaultBoard:
+    assert node.faults is not None  # set whenever inspection is on
+    return node.faults
+
+
+async def faults(request: Request) -> Response:
+    _query(request, ())
+    board = _board(_node(request))
+    if request.method == "POST":
+        fault = await board.add(await body_of(request))
+        return JSONResponse(fault.to_item(), status_code=201)
+    if request.method == "DELETE":
+        return JSONResponse({"deleted": await board.delete(None)})
+    return JSONResponse({"items": [f.to_item() for f in await board.items()]})
+
+
+async def fault(request: Request) -> Response:
+    _query(request, ())
+    fault_id = request.path_params["fault_id"]
+    return JSONResponse({"deleted": await _board(_node(request)).delete(fault_id)})
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/_voice/health", guarded(health), methods=["GET"]),
@@ -231,4 +254,6 @@ def routes() -> list[BaseRoute]:
         Route("/_voice/sessions/{call_id}", guarded(session), methods=["GET"]),
         Route("/_voice/reset", guarded(reset), methods=["POST"]),
         Route("/_voice/clock", guarded(clock), methods=["GET", "POST"]),
+        Route("/_voice/faults", guarded(faults), methods=["GET", "POST", "DELETE"]),
+        Route("/_voice/faults/{fault_id}", guarded(fault), methods=["DELETE"]),
     ]

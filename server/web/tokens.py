@@ -268,6 +268,8 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
     path = "key"
     try:
         agents = _agent_ids(request, channel)
+        if node.faults is not None and node.faults.active:
+            node.faults.refusal("mint", channel=channel.value, agent_id=agents[0][0])
         params = request.params
         scope = parse_scope(params.get("scope"))
         call_id = params.get("call_id") or None

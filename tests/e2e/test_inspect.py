@@ -429,3 +429,137 @@ async def test_bad_clock_bodies_are_invalid_requests(
 ) -> None:
     answer = await http.post(dev.url + "/_voice/clock", json=body)
     assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request"), answer.text
+
+
+# -- faults ------------------------------------------------------------------------------------
+async def add_fault(http: httpx.AsyncClient, server: ServerProcess, body: dict[str, Any]) -> Any:
+    answer = await http.post(server.url + "/_voice/faults", json=body, headers=ADMIN_AUTH)
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+@pytest.fixture
+async def no_faults(dev: ServerProcess, http: httpx.AsyncClient) -> AsyncIterator[None]:
+    yield
+    await http.delete(dev.url + "/_voice/faults")
+    await http.post(dev.url + "/_voice/clock", json={"reset": True})
+
+
+async def test_a_mint_fault_refuses_as_told_then_ends(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    item = await add_fault(
+        http,
+        dev,
+        {"target": "mint", "kind": "fail", "channel": "chat", "status": 503, "code": "boom", "count": 1},
+    )
+    assert (item["target"], item["kind"], item["remaining"], item["applied"]) == ("mint", "fail", 1, 0)
+    assert item["id"] in [f["id"] for f in (await get(http, dev, "/_voice/faults"))["items"]]
+    await mint(http, dev, "webrtc")  # another channel: not covered
+    refused = await http.get(f"{dev.url}/chat/token", params={"agent_id": "demo"}, headers=AUTH)
+    assert (refused.status_code, refused.json()["code"]) == (503, "boom")
+    await mint(http, dev)  # its one application is spent
+    applied = (await get(http, dev, "/_voice/journal", kind="fault.applied"))["items"]
+    assert (applied[-1]["fault_id"], applied[-1]["target"], applied[-1]["fault_kind"]) == (
+        item["id"],
+        "mint",
+        "fail",
+    )
+    assert (await get(http, dev, "/_voice/journal", kind="mint.refused"))["items"][-1]["code"] == "boom"
+    assert await eventually(lambda: _no_faults(http, dev))
+
+
+async def _no_faults(http: httpx.AsyncClient, server: ServerProcess) -> bool:
+    return not (await get(http, server, "/_voice/faults"))["items"]
+
+
+async def test_a_consume_fault_expires_with_the_clock(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    await add_fault(
+        http, dev, {"target": "consume", "kind": "fail", "status": 409, "code": "nope", "seconds": 30}
+    )
+    token = await mint(http, dev)
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+        assert await close_reason(ws) == "nope"
+    await post(http, dev, "/_voice/clock", {"advance_seconds": 31})  # the fault's 30 s are over
+    assert (await get(http, dev, "/_voice/faults"))["items"] == []
+    fresh = await mint(http, dev)
+    assert (await chat(dev, fresh, text=None))["event"] == "chat.connected"
+
+
+async def test_store_faults_make_mints_fail_or_wait(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    await add_fault(http, dev, {"target": "store", "kind": "unavailable", "count": 1})
+    down = await http.get(f"{dev.url}/chat/token", params={"agent_id": "demo"}, headers=AUTH)
+    assert (down.status_code, down.json()["code"]) == (503, "store_unavailable")
+    await add_fault(http, dev, {"target": "store", "kind": "slow", "delay_ms": 400, "count": 1})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await mint(http, dev)
+    assert loop.time() - started >= 0.4
+
+
+async def test_a_client_fault_drops_the_agents_socket(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    sdk = await SdkClient.connect(dev.url, KEY)
+    await sdk.create_agent("fragile")
+    await add_fault(http, dev, {"target": "client", "kind": "drop", "agent_id": "fragile", "count": 1})
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await sdk.recv()
+    gone = await http.get(f"{dev.url}/chat/token", params={"agent_id": "fragile"}, headers=AUTH)
+    assert gone.json()["code"] == "agent_not_online"
+
+
+async def test_faults_are_deleted_one_or_all(
+    dev: ServerProcess, http: httpx.AsyncClient, no_faults: None
+) -> None:
+    one = await add_fault(http, dev, {"target": "whatsapp", "kind": "fail", "status": 500})
+    await add_fault(http, dev, {"target": "whatsapp", "kind": "delay", "delay_ms": 10})
+    deleted = await http.delete(f"{dev.url}/_voice/faults/{one['id']}")
+    assert deleted.status_code == 200 and deleted.json() == {"deleted": 1}
+    again = await http.delete(f"{dev.url}/_voice/faults/{one['id']}")
+    assert (again.status_code, again.json()["code"]) == (404, "fault_not_found")
+    assert (await http.delete(dev.url + "/_voice/faults")).json() == {"deleted": 1}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"target": "moon", "kind": "fail"},
+        {"target": "mint", "kind": "fail", "code": "x"},
+        {"target": "mint", "kind": "fail", "status": 200, "code": "x"},
+        {"target": "store", "kind": "slow", "delay_ms": -5},
+        {"target": "store", "kind": "unavailable", "count": 0},
+        {"target": "store", "kind": "unavailable", "probability": 2},
+        {"target": "store", "kind": "unavailable", "colour": "red"},
+        ["store", "unavailable"],
+    ],
+)
+async def test_bad_faults_are_invalid_requests(
+    dev: ServerProcess, http: httpx.AsyncClient, body: Any
+) -> None:
+    answer = await http.post(dev.url + "/_voice/faults", json=body)
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request"), answer.text
+
+
+async def test_a_fault_set_on_one_node_applies_on_the_other(
+    pair: list[ServerProcess], http: httpx.AsyncClient
+) -> None:
+    a, b = pair
+    await add_fault(
+        http, a, {"target": "mint", "kind": "fail", "status": 429, "code": "slow_down", "count": 1}
+    )
+
+    async def refused_on_b() -> bool:
+        answer = await http.get(f"{b.url}/webrtc/token", params={"agent_id": "demo"}, headers=AUTH)
+        return answer.status_code == 429 and answer.json()["code"] == "slow_down"
+
+    try:
+        assert await eventually(refused_on_b)
+        assert await eventually(lambda: _no_faults(http, a))  # b's application spent it everywhere
+    finally:
+        await http.delete(a.url + "/_voice/faults", headers=ADMIN_AUTH)
