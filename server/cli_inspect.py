@@ -273,13 +273,14 @@ def _table(
     """Left-aligned columns two spaces apart; the last one is never padded. ``widths`` fixes the
     first columns' widths (a followed journal prints rows one at a time)."""
     cells = [[str(c) for c in row] for row in rows]
+    streamed = widths is not None
     if widths is None:
         widths = [max(len(r[i]) for r in [list(columns), *cells]) for i in range(len(columns) - 1)]
     lines = ([list(columns)] if show_header else []) + cells
     for line in lines:
         padded = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
         print("  ".join([*padded, *line[len(padded) :]]).rstrip(), flush=True)
-    if show_header and not cells and widths is None:
+    if show_header and not cells and not streamed:
         print("(none)")
     return 0
 

@@ -201,6 +201,44 @@ def test_reset_empties_the_ledger_and_with_agents_takes_them_offline(scratch: Se
         assert server.mint("reset-agent").status_code == 404
 
 
+def test_fault_add_list_and_clear_make_a_mint_fail_then_not(scratch: ServerProcess) -> None:
+    with VoiceServer.attach(scratch.url, KEY, ADMIN) as server:
+        server.agent("fault-agent")
+        added = admin(
+            scratch, "--json", "fault", "add", "mint", "fail",
+            "--param", "channel=chat", "--param", "status=503", "--param", "code=injected_outage",
+            "--count", "1",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        fault = json.loads(added.stdout)
+        assert (fault["target"], fault["kind"], fault["remaining"]) == ("mint", "fail", 1)
+        listed = admin(scratch, "fault", "list")
+        header, row = listed.stdout.splitlines()
+        assert header.split() == ["ID", "TARGET", "KIND", "PARAMS", "LEFT", "EXPIRES", "APPLIED"]
+        assert row.split()[:3] == [fault["id"], "mint", "fail"] and '"code":"injected_outage"' in row
+
+        failed = server.mint("fault-agent")
+        assert (failed.status_code, failed.json()["code"]) == (503, "injected_outage")
+        assert server.mint("fault-agent").status_code == 200  # count 1: spent, gone
+        assert (
+            admin(scratch, "fault", "list").stdout.strip()
+            == "ID  TARGET  KIND  PARAMS  LEFT  EXPIRES  APPLIED\n(none)"
+        )
+        journal = admin(scratch, "journal", "--kind", "fault.")
+        assert f"fault_id={fault['id']}" in journal.stdout
+
+        again = json.loads(
+            admin(scratch, "--json", "fault", "add", "store", "slow", "--param", "delay_ms=5").stdout
+        )
+        assert admin(scratch, "fault", "clear", again["id"]).stdout == "deleted: 1\n"
+        unknown = admin(scratch, "fault", "clear", again["id"])
+        assert unknown.returncode == 1 and "(fault_not_found)" in unknown.stderr
+        admin(scratch, "fault", "add", "store", "slow", "--param", "delay_ms=5")
+        assert admin(scratch, "--json", "fault", "clear").stdout.strip() == '{\n  "deleted": 1\n}'
+        bad = admin(scratch, "fault", "add", "mint", "explode")
+        assert bad.returncode == 1 and "(invalid_request)" in bad.stderr
+
+
 def test_an_unreachable_server_is_one_line_and_exit_1() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = inspect("--url", url, "tokens")

@@ -23,7 +23,7 @@ from playwright.async_api import Page, async_playwright
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from server.testkit import InspectionUnavailable, VoiceServer  # noqa: E402
+from server.testkit import VoiceServer  # noqa: E402
 from tests.browser.driver import CHROMIUM_FLAGS, STEP_SECONDS  # noqa: E402
 
 
@@ -40,13 +40,14 @@ async def shows(page: Page, selector: str, *texts: str) -> str:
 
 def use_the_server(server: VoiceServer) -> dict[str, str]:
     """What an app does, through the test kit: a chat with an agent, and a refused mint."""
+    fault = server.inspector.add_fault("consume", "fail", channel="stream", status=503, code="ui_fault")
     agent = server.agent("ui-agent")
     chat = agent.chat()
     assert chat.send("hello inspector") == "You said: hello inspector"
     refused = server.mint("nobody-here")
     assert refused.status_code == 404, refused.text
     jti = server.inspector.token(chat.token)["jti"]
-    return {"jti": jti, "call_id": chat.call_id, "session_id": chat.session_id}
+    return {"jti": jti, "call_id": chat.call_id, "session_id": chat.session_id, "fault_id": fault["id"]}
 
 
 async def drive(server: VoiceServer, screenshot: Path) -> dict[str, Any]:
@@ -88,25 +89,18 @@ async def drive(server: VoiceServer, screenshot: Path) -> dict[str, Any]:
             await page.click(f'#sessions tbody tr[data-call-id="{used["call_id"]}"]')
             timeline = await shows(page, "#timeline tbody", "chat.message", "bot.reply", "chat.done")
             result["timeline"] = [line.split("\t")[1:3] for line in timeline.splitlines()]
-            result["faults"] = await page.inner_text("#faults-section h2")
+            faults = await shows(page, "#faults tbody", used["fault_id"], "ui_fault")
+            result["fault_row"] = faults.split("\t")[:3]
             await page.screenshot(path=str(screenshot), full_page=True)
             result["errors_after_key"] = await page.evaluate("inspector.errors.slice(1)")
             # Refused loads are checked one by one in ``refused``; any other console line counts.
             result["console"] = [c for c in console if "Failed to load resource" not in c]
             result["refused"] = sorted(set(refused))
-            result["faults_api"] = server.inspector.request("GET", "/health") and _faults_api(server)
+
             result["foreign_requests"] = [u for u in requests if not u.startswith(server.url)]
         finally:
             await browser.close()
     return result
-
-
-def _faults_api(server: VoiceServer) -> bool:
-    try:
-        server.inspector.faults()
-    except InspectionUnavailable:
-        return False
-    return True
 
 
 def main() -> int:

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.browser
 def test_the_inspector_page_shows_a_chat_its_token_timeline_and_the_live_journal() -> None:
     """Loaded without a key the page says the admin key is required; given the key it follows
     the journal live, and a mint plus a chat made after that appear: the token consumed by the
-    chat's call, the session, its timeline when clicked, the refused mint in the journal."""
+    chat's call, the session, its timeline when clicked, the refused mint in the journal, and an
+    injected fault in the faults panel."""
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
     result = run_driver(DRIVER, str(SCREENSHOT))
@@ -37,10 +38,7 @@ def test_the_inspector_page_shows_a_chat_its_token_timeline_and_the_live_journal
     assert result["errors_after_key"] == [], result["errors_after_key"]
     assert result["console"] == [], result["console"]
     assert result["foreign_requests"] == []
-    # Refused: the API before the key was given; the faults API only on a server without one.
-    url = result["url"]
-    expected = {f"401 {url}/_voice/health"}
-    if not result["faults_api"]:
-        expected.add(f"404 {url}/_voice/faults")
-    assert set(result["refused"]) == expected, result["refused"]
+    assert result["fault_row"] == [result["fault_id"], "consume", "fail"]
+    # The only refused request: the API before the key was given.
+    assert result["refused"] == [f"401 {result['url']}/_voice/health"], result["refused"]
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and SCREENSHOT.stat().st_size > 10_000
