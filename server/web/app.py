@@ -30,6 +30,7 @@ from server.web import (
     errors,
     health,
     inspect,
+    inspect_ui,
     openapi,
     sdk_extras,
     tokens,
@@ -90,6 +91,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         *health.routes(),
         *openapi.routes(openapi.document(operations())),
         *(inspect.routes() if settings.inspect else []),  # off: /_voice/* is an unknown route
+        *(inspect_ui.routes() if settings.inspect else []),  # the page at /_voice/ui, with the API
         WebSocketRoute("/{path:path}", errors.unknown_websocket),  # last: what no route above serves
     ]
     return VoiceApp(

@@ -23,13 +23,21 @@ DRIVER = Path(__file__).with_name("driver.py")
 pytestmark = pytest.mark.browser
 
 
-def run_driver(driver: Path = DRIVER) -> dict[str, Any]:
-    """Run ``driver`` in a loopback-only network namespace; the ``RESULT`` it printed."""
+def run_driver(driver: Path = DRIVER, *args: str) -> dict[str, Any]:
+    """Run ``driver`` (with ``args``) in a loopback-only network namespace; the ``RESULT`` it printed."""
     for tool, package in (("chromium", "chromium"), ("unshare", "util-linux"), ("ip", "iproute2")):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: scripts/test installs it (apt-get install {package})")
     namespace = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
-    command = [*namespace, "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable, str(driver)]
+    command = [
+        *namespace,
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$0" "$@"',
+        sys.executable,
+        str(driver),
+        *args,
+    ]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, f"driver exited {proc.returncode}:\n{proc.stderr[-8000:]}"
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
