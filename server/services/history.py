@@ -170,7 +170,10 @@ def parse_messages(raw: object) -> list[Message]:
         if not isinstance(role, str) or not 0 < len(role) <= 32:
             raise BadRequest(f"messages[{index}].role must be a short string")
         if not isinstance(text, str) or len(text) > MAX_MESSAGE_CHARS:
-            raise BadRequest(f"messages[{index}].content must be a string of at most {MAX_MESSAGE_CHARS}")
+            raise BadRequest(
+                f"messages[{index}] needs 'content' (or 'text'): a string of at most "
+                f"{MAX_MESSAGE_CHARS} characters"
+            )
         parsed.append(Message(role, text))
     return parsed
 
