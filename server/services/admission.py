@@ -49,4 +49,4 @@ async def admit(node: Node, token: str, channel: Channel) -> AsyncIterator[Admis
             return record
 
         await node.handoff.find(key, lookup, functools.partial(node.registry.forget_cached, key))
-        yield Admission(await node.authority.consume(token, channel), reservation)
+        yield Admission(await node.authority.spend(claims, channel), reservation)
