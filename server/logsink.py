@@ -88,8 +88,8 @@ class AccessSink:
         else:
             text = (
                 f"{time.strftime('%H:%M:%S', time.localtime(now))} INFO    voice.access: {kind} "
-                f"method={method} path={target} status={status} code={code} ms={seconds * 1000:.2f} "
-                f"client={client} request_id={request_id}\n"
+                f"method={method} path={target} status={status} ms={seconds * 1000:.2f} "
+                f"client={client} code={code} request_id={request_id}\n"
             )
         self._buffer += text.encode("utf-8", "backslashreplace")
         if len(self._buffer) >= FLUSH_BYTES:

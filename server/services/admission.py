@@ -52,6 +52,6 @@ async def admit(node: Node, token: str, channel: Channel) -> AsyncIterator[Admis
             return record
 
         await node.handoff.find(key, lookup, functools.partial(node.registry.forget_cached, key))
-        consumed = await node.authority.consume(token, channel, journaled=False)
+        consumed = await node.authority.spend(claims, channel, journaled=False)
         reservation.consumed = (consumed.jti, channel.value)  # journaled by the session's start
         yield Admission(consumed, reservation)

@@ -118,3 +118,24 @@ async def test_the_store_fails_closed(clock: FakeClock) -> None:
     token = await authority(MemoryStore(), clock).mint(org_id="acme", agents=["a"], channel=Channel.CHAT)
     with pytest.raises(StoreUnavailable):
         await auth.consume(token.token, Channel.CHAT)
+
+
+async def test_spend_consumes_verified_claims_once_and_checks_expiry(store: Store, clock: FakeClock) -> None:
+    """The admission path verifies, then spends the claims it verified: single use still holds,
+    a token that expired meanwhile (a handoff wait) is refused without the store."""
+    counting = CountingStore(store)
+    auth = authority(counting, clock)
+    minted = await auth.mint(org_id="acme", agents=["a"], channel=Channel.CHAT)
+    claims = auth.verify(minted.token, Channel.CHAT)
+    assert await auth.spend(claims, Channel.CHAT) == claims
+    with pytest.raises(TokenSpent):
+        await auth.spend(claims, Channel.CHAT)
+    with pytest.raises(TokenSpent):
+        await auth.consume(minted.token, Channel.CHAT)
+    later = await auth.mint(org_id="acme", agents=["a"], channel=Channel.CHAT)
+    verified = auth.verify(later.token, Channel.CHAT)
+    consumes = counting.consumes
+    clock.advance(62)
+    with pytest.raises(TokenExpired):
+        await auth.spend(verified, Channel.CHAT)
+    assert counting.consumes == consumes
