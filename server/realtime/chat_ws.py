@@ -1,12 +1,14 @@
 """``WS /chat/ws?token=<cht_...>[&thread=<id>]``: a text chat between a browser and an agent
 (CONTRACT §4, §6).
 
-Admission, in this order, each refusal an ``error {error, code}`` frame (what the web client's
-ChatSession waits for) then a close frame with code ``exc.ws_close_code`` and the error ``code``
-as reason: bad ``thread`` → ``bad_request``; forged, expired or wrong-channel token (checked by
-arithmetic, nothing spent); no room → 1013 ``at_capacity``; agent online on no node →
-``agent_not_online``; only then the token is consumed (``token_spent`` on a second use). A slot
-is reserved before the consume, so a refused session never burns its token
+Admission, in this order, each refusal a close frame with code ``exc.ws_close_code`` and the
+error ``code`` as reason (CONTRACT §4: a client without an ``Origin`` sees the close on its first
+``recv``); a browser's socket (it always sends ``Origin``) first gets an ``error {error, code}``
+frame, what the web client's ChatSession waits for: bad ``thread`` → ``bad_request``; forged,
+expired or wrong-channel token (checked by arithmetic, nothing spent); no room → 1013
+``at_capacity``; agent online on no node → ``agent_not_online``; only then the token is
+consumed (``token_spent`` on a second use). A slot is reserved before the consume, so a refused
+session never burns its token
 (:mod:`server.services.admission`, shared with WebRTC).
 
 Then ``chat.connected {session_id}`` first, ``chat.history`` when the thread has messages, and:
@@ -355,12 +357,14 @@ def _client_ip(websocket: WebSocket, settings: Settings) -> str:
 
 
 async def _refuse(websocket: WebSocket, exc: VoiceError) -> None:
-    """An ``error`` frame, then the close naming the code (CONTRACT §4): the web client's
-    ChatSession leaves ``connecting`` only on an ``error`` event (pinecall/web
-    src/chat/ChatSession.ts); a close alone left the page connecting for good."""
+    """The close naming the code (CONTRACT §4), after an ``error`` frame for a browser: the web
+    client's ChatSession leaves ``connecting`` only on an ``error`` event (pinecall/web
+    src/chat/ChatSession.ts); a close alone left the page connecting for good. A client with no
+    ``Origin`` (a backend, a test) gets the close alone, on its first ``recv``."""
     event(log, "chat refused", code=exc.code, detail=exc.detail)
-    with contextlib.suppress(Exception):
-        await websocket.send_json(error_frame(exc.detail, exc.code))
+    if "origin" in websocket.headers:  # a browser: backends and the contract's clients see the close first
+        with contextlib.suppress(Exception):
+            await websocket.send_json(error_frame(exc.detail, exc.code))
     with contextlib.suppress(Exception):
         await websocket.close(exc.ws_close_code, exc.code)
 

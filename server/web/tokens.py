@@ -11,7 +11,8 @@ Two ways in, and nothing else:
 
 A token goes to matching origins only: a 200 carries CORS headers only for them, always with
 ``Vary: Origin``; the preflight carries the same query string and is judged against the same
-agent. A refusal lets any well-formed origin read it (``_refusal_cors``).
+agent. A refusal of the origin or credential (401, 403) follows the same rule; any other
+refusal is readable by any well-formed origin (``_refusal_cors``).
 
 These routes sit on every page load of every customer's app, so they are plain ASGI
 endpoints: one pass over the raw headers, the query string parsed once, the answer written
@@ -223,12 +224,15 @@ def _cors(origin: Origin | None) -> dict[str, str]:
     return headers
 
 
-def _refusal_cors(origin_header: str | None) -> dict[str, str]:
-    """CORS of a refused mint: readable by the page of any well-formed origin. A refusal holds no
-    token and nothing a request from outside a browser could not read, and without these headers
-    the page gets only "Failed to fetch" instead of the ``detail`` and ``code`` (the web client
-    reads the body of a refused mint: pinecall/web src/chat/ChatSession.ts; issue 18 item 4)."""
-    headers = _cors(parse_origin(origin_header))
+def _refusal_cors(exc: VoiceError, origin_header: str | None, matched: Origin | None) -> dict[str, str]:
+    """CORS of a refused mint. Without these headers the page gets only "Failed to fetch" instead
+    of the ``detail`` and ``code`` (the web client reads the body of a refused mint: pinecall/web
+    src/chat/ChatSession.ts; issue 18 item 4). A refusal of the origin or the credential (401,
+    403) is for matching origins only, as a token is (CONTRACT §5): a hostile page learns nothing
+    from it. Any other refusal (the agent is not online, 400, 429, 503) says nothing about the
+    caller and is readable by the page of any well-formed origin."""
+    readable = matched if exc.status in (401, 403) else matched or parse_origin(origin_header)
+    headers = _cors(readable)
     if "Access-Control-Allow-Origin" in headers:
         headers["Access-Control-Expose-Headers"] = "Retry-After"
     return headers
@@ -351,7 +355,7 @@ async def mint(node: Node, request: MintRequest, channel: Channel) -> Answer:
             )
         if isinstance(exc, RateLimited):
             node.metrics.rate_limited.labels("key" if path == "key" else "public").inc()
-        return _error(exc, _refusal_cors(origin_header))
+        return _error(exc, _refusal_cors(exc, origin_header, cors_origin))
     node.metrics.count_mint(channel.value, path)
     return _minted(minted.token, server, minted.expires_in, cors_origin)
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from websockets.typing import Origin
 
 from tests.support.procs import ServerProcess, start_server
 from tests.support.sdk import SdkClient
@@ -63,14 +64,23 @@ async def agent(server: ServerProcess, **config: Any) -> tuple[str, SdkClient]:
 
 
 async def refusal(url: str) -> tuple[dict[str, Any], int, str]:
-    """The frames before the close (exactly one), and the close code and reason."""
-    frames = []
+    """A browser's refusal (it sends an Origin): the frames before the close (exactly one), and
+    the close code and reason. Without an Origin the close comes first (CONTRACT §4)."""
     async with websockets.connect(url) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as bare:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert bare.value.rcvd is not None
+    frames = []
+    async with websockets.connect(url, origin=Origin(PAGE)) as ws:
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
     assert len(frames) == 1, frames
     assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+        bare.value.rcvd.code,
+        bare.value.rcvd.reason,
+    )
     return frames[0], closed.value.rcvd.code, closed.value.rcvd.reason
 
 
@@ -115,6 +125,13 @@ def assert_readable(response: httpx.Response, status: int, code: str) -> None:
     assert "token" not in response.json() and response.json()["detail"]
 
 
+def assert_private(response: httpx.Response, status: int, code: str) -> None:
+    """A refusal of the origin or the credential: for matching origins only (CONTRACT §5)."""
+    assert (response.status_code, response.json()["code"]) == (status, code), response.text
+    assert "access-control-allow-origin" not in response.headers, response.headers
+    assert response.headers["vary"] == "Origin"
+
+
 async def test_every_refused_mint_is_readable_by_the_page(
     server: ServerProcess, http: httpx.AsyncClient
 ) -> None:
@@ -126,17 +143,17 @@ async def test_every_refused_mint_is_readable_by_the_page(
         assert_readable(offline, 404, "agent_not_online")
         assert offline.json()["detail"] == "Agent 'nobody-here' is not online"
         not_public = await http.get("/chat/token", params={"agent_id": private}, headers=page)
-        assert_readable(not_public, 403, "agent_not_public")
+        assert_private(not_public, 403, "agent_not_public")
         wrong_origin = await http.get("/webrtc/token", params={"agent_id": public}, headers=page)
-        assert_readable(wrong_origin, 403, "origin_not_allowed")
+        assert_private(wrong_origin, 403, "origin_not_allowed")
         bad_key = {**page, "Authorization": "Bearer sk_test_not_a_key_at_all_0000"}
-        assert_readable(
+        assert_private(
             await http.get("/chat/token", params={"agent_id": public}, headers=bad_key),
             401,
             "invalid_api_key",
         )
         pk = {**page, "Authorization": "Bearer pk_publishable_unknown_000000"}
-        assert_readable(
+        assert_private(
             await http.get("/chat/token", params={"agent_id": public}, headers=pk), 401, "invalid_api_key"
         )
         assert_readable(await http.get("/chat/token", headers=page), 400, "bad_request")

@@ -4,7 +4,6 @@ in time."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 
@@ -64,10 +63,8 @@ async def test_sigterm_drains_then_exits_within_the_drain_timeout() -> None:
             await asyncio.sleep(max(0.0, STRAGGLER_SECONDS + 0.3 - (time.monotonic() - signalled)))
             refused = await websockets.connect(proc.ws_url + f"/chat/ws?token={spare}")
             try:
-                first = json.loads(await asyncio.wait_for(refused.recv(), 5))
-                assert first["event"] == "error", "a new session was admitted while draining"
                 await asyncio.wait_for(refused.recv(), 5)
-                raise AssertionError("the refusal was not closed")
+                raise AssertionError("a new session was admitted while draining")
             except websockets.ConnectionClosed as closed:
                 assert closed.rcvd is not None and closed.rcvd.code == 1013
 

@@ -167,8 +167,6 @@ async def test_refusals_are_journaled_with_their_code(dev: ServerProcess, http: 
     token = await mint(http, dev)
     await chat(dev, token, text=None)
     async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
-        refusal = json.loads(await asyncio.wait_for(ws.recv(), 10))  # the error frame, then the close
-        assert refusal["event"] == "error" and refusal["code"] == "token_spent", refusal
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 10)
     await http.get(f"{dev.url}/chat/token", params={"agent_id": "nobody"}, headers=AUTH)

@@ -127,8 +127,6 @@ async def test_a_chat_token_sealed_to_a_call_is_refused_before_it_is_spent(
     token = await mint(server, "chat", name, scope="observe", call_id="chat-0123456789abcdef")
     for _ in range(2):  # the same refusal twice: the token was not consumed
         async with websockets.connect(f"{server.ws_url}/chat/ws?token={token}") as ws:
-            refusal = await recv(ws)  # the error frame the web client shows, then the close
-            assert (refusal["event"], refusal["code"]) == ("error", "token_wrong_call"), refusal
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await recv(ws)
         assert closed.value.rcvd is not None

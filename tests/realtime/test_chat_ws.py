@@ -19,6 +19,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
 
 from server.core.tokens import Channel, Claims, JtiSource, TokenCodec
 from tests.support.procs import RedisProcess, ServerProcess, start_server
@@ -106,13 +107,16 @@ async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int,
 
 
 async def refused(url: str) -> tuple[int, str]:
-    """A refusal: one ``error`` frame naming the code (the web ChatSession waits for it), then
-    the close; nothing else."""
+    """A refusal: the close naming the code, on the first recv (CONTRACT §4); then the same
+    refusal from a browser (an Origin): one ``error`` frame naming the code first (the web
+    ChatSession waits for it), then the same close."""
     async with websockets.connect(url) as ws:
-        frame = await recv(ws)
         code, reason = await closed_with(ws)
-        assert frame["event"] == "error" and frame["code"] == reason and frame["error"], frame
-        return code, reason
+    async with websockets.connect(url, origin=Origin("https://app.example.com")) as ws:
+        frame = await recv(ws)
+        assert (frame["event"], frame["code"]) == ("error", reason) and frame["error"], frame
+        assert await closed_with(ws) == (code, reason)
+    return code, reason
 
 
 # -- fixtures -----------------------------------------------------------------------------------
