@@ -584,3 +584,35 @@ async def test_webhook_verdicts_are_journaled(dev: ServerProcess, http: httpx.As
         ("refused", "bad_request"),
     ]
     assert verdicts[-1]["channel"] == "whatsapp"
+
+
+# -- a WebRTC session's timeline -----------------------------------------------------------------
+async def test_a_webrtc_timeline_counts_audio_frames() -> None:
+    from tests.realtime.peer import BrowserPeer  # aiortc: only this test needs it
+
+    server = start_server(
+        {"VOICE_API_KEYS": f"acme:{KEY}", "VOICE_RTC_HOST_ADDRESSES": "127.0.0.1"}, ["--dev"]
+    )
+    peer = BrowserPeer()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            token = await mint(http, server, "webrtc")
+            response, _ = await peer.connect(http, token)
+            assert response.status_code == 200, response.text
+
+            async def audio() -> list[dict[str, Any]]:
+                rows = (await get(http, server, "/_voice/tokens", channel="webrtc", state="consumed"))[
+                    "items"
+                ]
+                if not rows:
+                    return []
+                session = await get(http, server, f"/_voice/sessions/{rows[-1]['consumed_by']}")
+                return [f for f in session["timeline"] if f["event"] == "audio"]
+
+            frames = await eventually(audio, timeout=15)
+            assert frames and frames[0]["direction"] == "browser->server"
+            assert all(isinstance(f["audio_frames"], int) and f["audio_frames"] >= 1 for f in frames)
+            assert sum(f["audio_frames"] for f in frames) > len(frames)  # counted, not one per frame
+    finally:
+        await peer.close()
+        server.stop()
