@@ -199,12 +199,15 @@ class Journal:
                 return held
             after = page.entries[-1][0]
 
-    async def follow(self, after: int, poll: float = 1.0) -> AsyncIterator[tuple[int, Entry]]:
-        """Entries numbered above ``after``, then live ones as any node writes them."""
+    async def follow(
+        self, after: int, stop: Callable[[], bool], poll: float = 1.0
+    ) -> AsyncIterator[tuple[int, Entry]]:
+        """Entries numbered above ``after``, then live ones as any node writes them, until
+        ``stop()`` (the node drains: a live reader must not hold its shutdown up)."""
         wake = asyncio.Event()
         self._listeners.add(wake)
         try:
-            while True:
+            while not stop():
                 wake.clear()
                 page = await self.store.read_events(JOURNAL, after, PAGE)
                 if page.last < after:  # the journal was reset under this cursor

@@ -4,6 +4,7 @@ nodes on one real redis-server with admin keys."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -616,3 +617,59 @@ async def test_a_webrtc_timeline_counts_audio_frames() -> None:
     finally:
         await peer.close()
         server.stop()
+
+
+async def test_an_open_journal_stream_does_not_hold_shutdown_up() -> None:
+    """uvicorn waits 5 s for open responses on SIGTERM; the stream ends as soon as the node drains."""
+    server = start_server({}, ["--dev"])
+    opened = asyncio.Event()
+
+    async def read() -> None:
+        async with (
+            httpx.AsyncClient(timeout=None) as client,
+            client.stream("GET", server.url + "/_voice/journal/stream") as answer,
+        ):
+            opened.set()
+            async for _ in answer.aiter_lines():
+                pass
+
+    reader = asyncio.create_task(read())
+    try:
+        await asyncio.wait_for(opened.wait(), 10)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.to_thread(server.stop, 20)
+        assert loop.time() - started < 4.5, server.log()[-2000:]
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await reader
+        server.kill()
+
+
+async def test_a_session_refused_before_the_consume_is_journaled(
+    dev: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    sdk = await SdkClient.connect(dev.url, KEY)
+    await sdk.create_agent("leaving")
+    token = await mint(http, dev, agent="leaving")
+    await sdk.close()
+    gone = await eventually(
+        lambda: _offline(http, dev, "leaving")
+    )  # the registry lets the agent go once its socket closes
+    assert gone
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+        assert await close_reason(ws) == "agent_not_online"
+    refused = (await get(http, dev, "/_voice/journal", kind="consume.refused"))["items"]
+    assert (refused[-1]["code"], refused[-1]["channel"]) == ("agent_not_online", "chat")
+    row = next(
+        r
+        for r in (await get(http, dev, "/_voice/tokens", agent_id="leaving"))["items"]
+        if r["channel"] == "chat"
+    )
+    assert row["state"] == "issued"  # refused before the consume: not spent
+
+
+async def _offline(http: httpx.AsyncClient, server: ServerProcess, agent: str) -> bool:
+    answer = await http.get(f"{server.url}/chat/token", params={"agent_id": agent}, headers=AUTH)
+    return answer.status_code == 404
