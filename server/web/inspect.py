@@ -215,9 +215,7 @@ async def clock(request: Request) -> Response:
     _query(request, ())
     node = _node(request)
     if request.method == "POST":
-        advance = control.parse_clock(await body_of(request))
-        if advance is not None:
-            await control.advance_clock(node, advance)
+        await control.advance_clock(node, control.parse_clock(await body_of(request)))
     else:
         await control.load_clock(node)
     return JSONResponse({"offset_seconds": node.wall_clock.offset, "now": node.wall_clock()})

@@ -673,3 +673,35 @@ async def test_a_session_refused_before_the_consume_is_journaled(
 async def _offline(http: httpx.AsyncClient, server: ServerProcess, agent: str) -> bool:
     answer = await http.get(f"{server.url}/chat/token", params={"agent_id": agent}, headers=AUTH)
     return answer.status_code == 404
+
+
+async def test_in_dev_mode_admin_keys_when_set_are_required(http: httpx.AsyncClient) -> None:
+    server = start_server({"VOICE_ADMIN_KEYS": ADMIN}, ["--dev"])
+    try:
+        missing = await http.get(server.url + "/_voice/health")
+        assert (missing.status_code, missing.json()["code"]) == (401, "admin_key_required")
+        assert (await http.get(server.url + "/_voice/health", headers=ADMIN_AUTH)).status_code == 200
+    finally:
+        server.stop()
+
+
+async def test_off_nothing_is_recorded(http: httpx.AsyncClient) -> None:
+    from redis import Redis
+
+    redis = start_redis()
+    server = start_server(
+        {"VOICE_TOKEN_SECRET": SECRET, "VOICE_API_KEYS": f"acme:{KEY}", "VOICE_STORE_URL": redis.url}
+    )
+    sdk = await SdkClient.connect(server.url, KEY)
+    try:
+        await sdk.create_agent("quiet")
+        token = await mint(http, server, agent="quiet")
+        async with websockets.connect(server.ws_url + f"/chat/ws?token={token}") as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == "chat.connected"
+        await asyncio.sleep(0.3)  # what a journal writer would have written by now
+        with Redis.from_url(redis.url) as client:
+            assert [k for k in client.scan_iter(match="*_voice*")] == []
+    finally:
+        await sdk.close()
+        server.stop()
+        redis.stop()
