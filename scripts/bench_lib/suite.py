@@ -41,6 +41,7 @@ class Plan:
     ws_tokens: int  # tokens minted for each consume row
     ws_concurrency: int
     logs: bool
+    inspect: bool = False  # our server with VOICE_INSPECT=1
 
 
 def _progress(text: str) -> None:
@@ -73,7 +74,7 @@ class Suite:
     async def _rows_on_ours(self, keys: Sequence[str], baselines: Endpoint, logs: bool) -> list[Row]:
         if not keys:
             return []
-        ours = start_ours(self.children, self.server, self.redis, logs)
+        ours = start_ours(self.children, self.server, self.redis, logs, self.plan.inspect)
         try:
             async with await BenchAgent.connect(ours.endpoint.ws, ours.api_key):
                 return [await self._row(key, baselines, ours) for key in keys]

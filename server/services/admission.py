@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from server.core.scopes import Access
 from server.core.tokens import Channel, Claims
-from server.errors import AgentNotOnline
+from server.errors import AgentNotOnline, VoiceError
 from server.services.node import Node
 from server.services.sessions import Reservation
 from server.store.base import AgentRecord, agent_key
@@ -37,10 +37,12 @@ async def admit(node: Node, token: str, channel: Channel) -> AsyncIterator[Admis
     """Check, reserve, consume (module docstring); the slot is held until the block ends."""
     claims = node.authority.verify(token, channel)
     Access.of(claims).check_new_call()  # a token sealed to another call: refused, nothing spent
-    with (
-        node.sessions.reserve(claims.org_id) as reservation,
-        node.sessions.admitting(claims.org_id, claims.agent_id),
-    ):
+    try:
+        reservation = node.sessions.reserve(claims.org_id)
+    except VoiceError as exc:  # no room: refused before the consume (the token is not spent)
+        _refused(node, exc, channel)
+        raise
+    with reservation, node.sessions.admitting(claims.org_id, claims.agent_id):
         # Online on any node: frames reach an agent on another node through the relay (CONTRACT §8).
         # One moving off a draining node is waited for (services/handoff.py).
         key = agent_key(claims.org_id, claims.agent_id)
@@ -51,7 +53,17 @@ async def admit(node: Node, token: str, channel: Channel) -> AsyncIterator[Admis
                 raise AgentNotOnline(claims.agent_id)  # let go by this draining node: moving
             return record
 
-        await node.handoff.find(key, lookup, functools.partial(node.registry.forget_cached, key))
+        try:
+            await node.handoff.find(key, lookup, functools.partial(node.registry.forget_cached, key))
+        except VoiceError as exc:
+            _refused(node, exc, channel)
+            raise
         consumed = await node.authority.spend(claims, channel, journaled=False)
         reservation.consumed = (consumed.jti, channel.value)  # journaled by the session's start
         yield Admission(consumed, reservation)
+
+
+def _refused(node: Node, exc: VoiceError, channel: Channel) -> None:
+    """A refusal before the consume is a refused consume too, for the journal."""
+    if node.journal is not None:
+        node.journal.note("consume.refused", code=exc.code, channel=channel.value)

@@ -88,6 +88,9 @@ async def reset_here(node: Node, agents: bool) -> None:
         await node.faults.reload()
     for session in node.sessions.live():
         await session.end("reset")
+    conversations = node.whatsapp.conversations
+    for conversation in conversations.live():
+        await conversations.end(conversation, "reset")
     if agents:
         for connection in list(node.connections):
             for record in await node.connection_closed(connection):
@@ -99,8 +102,8 @@ async def reset_here(node: Node, agents: bool) -> None:
             node.mock_agent = await node.start_mock_agent()
 
 
-def parse_clock(body: dict[str, object]) -> float | None:
-    """The new offset asked for: ``advance_seconds`` (added), ``reset`` (0); None for a read."""
+def parse_clock(body: dict[str, object]) -> float:
+    """What ``POST /_voice/clock`` asks: seconds to advance, or 0 for ``reset`` (back to real time)."""
     unknown = sorted(set(body) - {"advance_seconds", "reset"})
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}; expected advance_seconds or reset")

@@ -2,9 +2,9 @@
 
 It exists only when inspection is on (``VOICE_INSPECT``); off, ``node.journal`` is None and the
 mint and consume paths pay one ``is None`` check. On, they pay :meth:`Journal.note`: a dict
-appended to a list, no await. One writer task per node wakes once per event-loop turn with
-whatever was noted meanwhile and appends it, as one batch, to the capped log ``_voice/journal``
-in the store (:meth:`EventStore.log_events`: a Redis stream trimmed to
+appended to a list, no await. One writer task per node wakes on the next event-loop turn, gathers
+for a few milliseconds more, and appends what was noted, as one batch, to the capped log
+``_voice/journal`` in the store (:meth:`EventStore.log_events`: a Redis stream trimmed to
 ``VOICE_INSPECT_JOURNAL_MAX`` with numbers Redis gives, so two nodes never give one twice), and
 each session's frames to its own capped timeline ``_voice/tl/<call_id>``. It then publishes
 ``_voice/journal`` on the bus so live readers (``/_voice/journal/stream``) on every node read on.
@@ -37,6 +37,8 @@ TIMELINE_TTL = 86400.0
 MAX_PENDING = 50_000  # entries waiting for the writer; past it the oldest are dropped
 PAGE = 1000
 SETTLE_SECONDS = 2.0
+GATHER_SECONDS = 0.005
+AUDIO_SPAN = 1.0  # seconds of audio counted in one timeline entry
 
 
 class Journal:
@@ -47,6 +49,7 @@ class Journal:
         self.clock = clock
         self._pending: list[Entry] = []
         self._frames: dict[str, list[Entry]] = defaultdict(list)  # call id -> timeline entries
+        self._audio: dict[tuple[str, str], list[float]] = {}  # (call, direction) -> [since, frames]
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -57,6 +60,8 @@ class Journal:
     # -- writing ---------------------------------------------------------------------------
     def note(self, kind: str, **fields: Any) -> None:
         """Record a decision (never awaits: the hot path only appends to a list)."""
+        if kind == "session.end" and self._audio:
+            self._end_runs(str(fields.get("call_id")))
         self._pending.append({"at": round(self.clock(), 3), "kind": kind, "node": self.node_id, **fields})
         if len(self._pending) > MAX_PENDING:
             del self._pending[0]
@@ -65,21 +70,40 @@ class Journal:
         self._wake.set()
 
     def frame(self, call_id: str, direction: str, frame: Any) -> None:
-        """One frame of a session's timeline; binary audio is counted, never kept."""
-        timeline = self._frames[call_id]
-        if isinstance(frame, bytes | bytearray | memoryview) or frame == "audio":
-            last = timeline[-1] if timeline else None
-            if last is not None and last.get("event") == "audio" and last["direction"] == direction:
-                last["audio_frames"] += 1
-                return
-            entry: Entry = {"event": "audio", "audio_frames": 1}
-        elif isinstance(frame, dict):
-            entry = {"event": str(frame.get("event", "?")), **_summary(frame)}
+        """One frame of a session's timeline. Audio (bytes) is counted, never kept: one entry
+        ``{"event": "audio", "audio_frames": n}`` per direction and second of it."""
+        now = round(self.clock(), 3)
+        if isinstance(frame, bytes | bytearray | memoryview):
+            run = self._audio.get((call_id, direction))
+            if run is None:
+                self._audio[(call_id, direction)] = [now, 1]
+            elif now - run[0] >= AUDIO_SPAN:
+                self._end_run(call_id, direction)
+                self._audio[(call_id, direction)] = [now, 1]
+            else:
+                run[1] += 1
+            return
+        self._end_runs(call_id)  # the audio so far comes first, in order
+        if isinstance(frame, dict):
+            entry: Entry = {"event": str(frame.get("event", "?")), **_summary(frame)}
         else:
             entry = {"event": str(frame)}
-        timeline.append({"at": round(self.clock(), 3), "direction": direction, **entry})
+        self._frames[call_id].append({"at": now, "direction": direction, **entry})
         self._idle.clear()
         self._wake.set()
+
+    def _end_run(self, call_id: str, direction: str) -> None:
+        run = self._audio.pop((call_id, direction), None)
+        if run is not None:
+            entry = {"at": run[0], "direction": direction, "event": "audio", "audio_frames": run[1]}
+            self._frames[call_id].append(entry)
+            self._idle.clear()
+            self._wake.set()
+
+    def _end_runs(self, call_id: str | None = None, older_than: float | None = None) -> None:
+        for key, run in list(self._audio.items()):
+            if (call_id is None or key[0] == call_id) and (older_than is None or run[0] <= older_than):
+                self._end_run(*key)
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name="journal-writer")
@@ -104,10 +128,22 @@ class Journal:
         """Forget what is not written yet (a reset: it belongs to the state being dropped)."""
         self._pending.clear()
         self._frames.clear()
+        self._audio.clear()
 
     async def _write(self) -> None:
         while True:
-            await self._wake.wait()
+            if self._audio:  # audio still flowing: its counts go out at least once a second
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(AUDIO_SPAN):
+                        await self._wake.wait()
+                self._end_runs(older_than=self.clock() - AUDIO_SPAN)
+                if not self._wake.is_set():
+                    continue
+            else:
+                await self._wake.wait()
+            # A short gather: under load the entries of many requests share one store write (and
+            # one bus notice) instead of paying a pipeline each (scripts/bench --inspect on).
+            await asyncio.sleep(GATHER_SECONDS)
             self._wake.clear()
             await self._drain()
             if not self._pending and not self._frames:
@@ -163,12 +199,15 @@ class Journal:
                 return held
             after = page.entries[-1][0]
 
-    async def follow(self, after: int, poll: float = 1.0) -> AsyncIterator[tuple[int, Entry]]:
-        """Entries numbered above ``after``, then live ones as any node writes them."""
+    async def follow(
+        self, after: int, stop: Callable[[], bool], poll: float = 1.0
+    ) -> AsyncIterator[tuple[int, Entry]]:
+        """Entries numbered above ``after``, then live ones as any node writes them, until
+        ``stop()`` (the node drains: a live reader must not hold its shutdown up)."""
         wake = asyncio.Event()
         self._listeners.add(wake)
         try:
-            while True:
+            while not stop():
                 wake.clear()
                 page = await self.store.read_events(JOURNAL, after, PAGE)
                 if page.last < after:  # the journal was reset under this cursor

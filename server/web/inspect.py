@@ -145,13 +145,14 @@ async def journal_stream(request: Request) -> Response:
     params = _query(request, ("kind", "agent_id", "after"))
     after = _whole(params, "after", -1, 0, MAX_AFTER)
     kind, agent_id = params.get("kind") or None, params.get("agent_id") or None
-    log = _journal(_node(request))
+    node = _node(request)
+    log = _journal(node)
     if after < 0:  # live only: from what the journal holds now
         after = (await log.page(0, 0)).last
 
     async def lines() -> AsyncIterator[bytes]:
         yield b": voice journal\n\n"
-        async for seq, entry in log.follow(after):
+        async for seq, entry in log.follow(after, lambda: node.draining):
             if inspector.journal_matches(entry, kind, agent_id):
                 yield b"data: " + json.dumps({"seq": seq, **entry}, separators=(",", ":")).encode() + b"\n\n"
 
@@ -214,9 +215,7 @@ async def clock(request: Request) -> Response:
     _query(request, ())
     node = _node(request)
     if request.method == "POST":
-        advance = control.parse_clock(await body_of(request))
-        if advance is not None:
-            await control.advance_clock(node, advance)
+        await control.advance_clock(node, control.parse_clock(await body_of(request)))
     else:
         await control.load_clock(node)
     return JSONResponse({"offset_seconds": node.wall_clock.offset, "now": node.wall_clock()})

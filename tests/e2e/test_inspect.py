@@ -4,6 +4,7 @@ nodes on one real redis-server with admin keys."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -563,3 +564,144 @@ async def test_a_fault_set_on_one_node_applies_on_the_other(
         assert await eventually(lambda: _no_faults(http, a))  # b's application spent it everywhere
     finally:
         await http.delete(a.url + "/_voice/faults", headers=ADMIN_AUTH)
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+def _webhook(numbers: int) -> dict[str, Any]:
+    values = [{"value": {"metadata": {"phone_number_id": str(1000 + n)}}} for n in range(numbers)]
+    return {"object": "whatsapp_business_account", "entry": [{"changes": values}]}
+
+
+async def test_webhook_verdicts_are_journaled(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    """Dev mode takes unsigned webhooks: one naming a number is accepted; one naming more
+    numbers than a body may is refused with its code."""
+    accepted = await http.post(dev.url + "/whatsapp/webhook", json=_webhook(1))
+    assert accepted.status_code == 200, accepted.text
+    refused = await http.post(dev.url + "/whatsapp/webhook", json=_webhook(65))
+    assert refused.status_code == 400
+    verdicts = (await get(http, dev, "/_voice/journal", kind="webhook.verdict"))["items"]
+    assert [(v["verdict"], v.get("code")) for v in verdicts[-2:]] == [
+        ("accepted", None),
+        ("refused", "bad_request"),
+    ]
+    assert verdicts[-1]["channel"] == "whatsapp"
+
+
+# -- a WebRTC session's timeline -----------------------------------------------------------------
+async def test_a_webrtc_timeline_counts_audio_frames() -> None:
+    from tests.realtime.peer import BrowserPeer  # aiortc: only this test needs it
+
+    server = start_server(
+        {"VOICE_API_KEYS": f"acme:{KEY}", "VOICE_RTC_HOST_ADDRESSES": "127.0.0.1"}, ["--dev"]
+    )
+    peer = BrowserPeer()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            token = await mint(http, server, "webrtc")
+            response, _ = await peer.connect(http, token)
+            assert response.status_code == 200, response.text
+
+            async def audio() -> list[dict[str, Any]]:
+                rows = (await get(http, server, "/_voice/tokens", channel="webrtc", state="consumed"))[
+                    "items"
+                ]
+                if not rows:
+                    return []
+                session = await get(http, server, f"/_voice/sessions/{rows[-1]['consumed_by']}")
+                return [f for f in session["timeline"] if f["event"] == "audio"]
+
+            frames = await eventually(audio, timeout=15)
+            assert frames and frames[0]["direction"] == "browser->server"
+            assert all(isinstance(f["audio_frames"], int) and f["audio_frames"] >= 1 for f in frames)
+            assert sum(f["audio_frames"] for f in frames) > len(frames)  # counted, not one per frame
+    finally:
+        await peer.close()
+        server.stop()
+
+
+async def test_an_open_journal_stream_does_not_hold_shutdown_up() -> None:
+    """uvicorn waits 5 s for open responses on SIGTERM; the stream ends as soon as the node drains."""
+    server = start_server({}, ["--dev"])
+    opened = asyncio.Event()
+
+    async def read() -> None:
+        async with (
+            httpx.AsyncClient(timeout=None) as client,
+            client.stream("GET", server.url + "/_voice/journal/stream") as answer,
+        ):
+            opened.set()
+            async for _ in answer.aiter_lines():
+                pass
+
+    reader = asyncio.create_task(read())
+    try:
+        await asyncio.wait_for(opened.wait(), 10)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.to_thread(server.stop, 20)
+        assert loop.time() - started < 4.5, server.log()[-2000:]
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await reader
+        server.kill()
+
+
+async def test_a_session_refused_before_the_consume_is_journaled(
+    dev: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    sdk = await SdkClient.connect(dev.url, KEY)
+    await sdk.create_agent("leaving")
+    token = await mint(http, dev, agent="leaving")
+    await sdk.close()
+    gone = await eventually(
+        lambda: _offline(http, dev, "leaving")
+    )  # the registry lets the agent go once its socket closes
+    assert gone
+    async with websockets.connect(dev.ws_url + f"/chat/ws?token={token}") as ws:
+        assert await close_reason(ws) == "agent_not_online"
+    refused = (await get(http, dev, "/_voice/journal", kind="consume.refused"))["items"]
+    assert (refused[-1]["code"], refused[-1]["channel"]) == ("agent_not_online", "chat")
+    row = next(
+        r
+        for r in (await get(http, dev, "/_voice/tokens", agent_id="leaving"))["items"]
+        if r["channel"] == "chat"
+    )
+    assert row["state"] == "issued"  # refused before the consume: not spent
+
+
+async def _offline(http: httpx.AsyncClient, server: ServerProcess, agent: str) -> bool:
+    answer = await http.get(f"{server.url}/chat/token", params={"agent_id": agent}, headers=AUTH)
+    return answer.status_code == 404
+
+
+async def test_in_dev_mode_admin_keys_when_set_are_required(http: httpx.AsyncClient) -> None:
+    server = start_server({"VOICE_ADMIN_KEYS": ADMIN}, ["--dev"])
+    try:
+        missing = await http.get(server.url + "/_voice/health")
+        assert (missing.status_code, missing.json()["code"]) == (401, "admin_key_required")
+        assert (await http.get(server.url + "/_voice/health", headers=ADMIN_AUTH)).status_code == 200
+    finally:
+        server.stop()
+
+
+async def test_off_nothing_is_recorded(http: httpx.AsyncClient) -> None:
+    from redis import Redis
+
+    redis = start_redis()
+    server = start_server(
+        {"VOICE_TOKEN_SECRET": SECRET, "VOICE_API_KEYS": f"acme:{KEY}", "VOICE_STORE_URL": redis.url}
+    )
+    sdk = await SdkClient.connect(server.url, KEY)
+    try:
+        await sdk.create_agent("quiet")
+        token = await mint(http, server, agent="quiet")
+        async with websockets.connect(server.ws_url + f"/chat/ws?token={token}") as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == "chat.connected"
+        await asyncio.sleep(0.3)  # what a journal writer would have written by now
+        with Redis.from_url(redis.url) as client:
+            assert [k for k in client.scan_iter(match="*_voice*")] == []
+    finally:
+        await sdk.close()
+        server.stop()
+        redis.stop()
