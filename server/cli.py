@@ -9,6 +9,7 @@ voice-server keys rotate KEY_ID [--grace SECONDS] [--json] [--env-file PATH]
 voice-server whatsapp sign --secret S < payload.json
 voice-server whatsapp send --url URL [--secret S] [--file payload.json]
 voice-server openapi [--output PATH [--check]]
+voice-server conformance URL [--api-key KEY] [--vectors DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from server import cli_keys, cli_openapi, cli_whatsapp
+from server import cli_conformance, cli_keys, cli_openapi, cli_whatsapp
 from server import log as logsetup
 from server.core.redaction import masked_url
 from server.errors import VoiceError
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_keys.add_commands(commands)  # voice-server keys create|list|revoke|rotate
     cli_whatsapp.add_commands(commands)  # voice-server whatsapp sign|send
     cli_openapi.add_commands(commands)  # voice-server openapi [--output PATH [--check]]
+    cli_conformance.add_commands(commands)  # voice-server conformance URL [--api-key KEY]
     return parser
 
 
