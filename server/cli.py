@@ -10,6 +10,7 @@ voice-server whatsapp sign --secret S < payload.json
 voice-server whatsapp send --url URL [--secret S] [--file payload.json]
 voice-server openapi [--output PATH [--check]]
 voice-server inspect [--url URL] [--admin-key KEY] [--json] tokens|journal|sessions|reset|fault|clock
+voice-server conformance URL [--api-key KEY] [--vectors DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from server import cli_inspect, cli_keys, cli_openapi, cli_whatsapp
+from server import cli_conformance, cli_inspect, cli_keys, cli_openapi, cli_whatsapp
 from server import log as logsetup
 from server.core.redaction import masked_url
 from server.errors import VoiceError
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_whatsapp.add_commands(commands)  # voice-server whatsapp sign|send
     cli_openapi.add_commands(commands)  # voice-server openapi [--output PATH [--check]]
     cli_inspect.add_commands(commands)  # voice-server inspect tokens|journal|sessions|reset|fault|clock
+    cli_conformance.add_commands(commands)  # voice-server conformance URL [--api-key KEY]
     return parser
 
 
