@@ -2,9 +2,9 @@
 
 Every transport subclasses :class:`Session` and lets :class:`SessionManager` do the common
 part: limits on admission (per node, per org), ``call.started`` to the agent, idle and
-maximum-duration watchdogs, and exactly one ``call.ended {reason, duration_seconds}`` however
-the session ends (hangup, peer gone, timeout, agent offline, shutdown). A session that is not
-admitted leaves nothing behind.
+maximum-duration limits (one node-wide watchdog), and exactly one
+``call.ended {reason, duration_seconds}`` however the session ends (hangup, peer gone,
+timeout, agent offline, shutdown). A session that is not admitted leaves nothing behind.
 
 Admission in two steps: a transport that must do slow work between "is there room?" and
 "admit" (consume a token, look the agent up) takes a :class:`Reservation` first. The
@@ -21,7 +21,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -273,7 +273,11 @@ class SessionManager:
         self._clock = clock
         self._live: dict[str, Session] = {}
         self._per_org: Counter[str] = Counter()
-        self._watchdogs: dict[str, asyncio.Task[None]] = {}
+        # One timer for the node, not a task per session (issue 11: 10,000 idle chat sockets
+        # were 10,000 task wake-ups a second); the ends and warnings it starts are kept here.
+        self._sweeper: asyncio.Task[None] | None = None
+        self._swept: set[asyncio.Task[None]] = set()
+        self._warned: set[str] = set()  # call ids warned of their idle timeout
         self._reserved: Counter[str] = Counter()  # org -> slots held by reservations
         self.accepting = True
         # While the node drains its agents move to other nodes, possibly while a session is
@@ -373,9 +377,8 @@ class SessionManager:
         self._live[session.call_id] = session
         self._per_org[session.org_id] += 1
         self.calls.add(session)
-        self._watchdogs[session.call_id] = asyncio.create_task(
-            self._watch(session), name=f"watch-{session.call_id}"
-        )
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(), name="session-watchdog")
         started = session.started_frame()
         if not await self.registry.send(session.org_id, session.agent_id, started):
             # Online by its record, reachable nowhere: the record outlived its node (a crash; it
@@ -408,9 +411,7 @@ class SessionManager:
         if self._per_org[session.org_id] <= 0:
             del self._per_org[session.org_id]
         self.calls.remove(session)
-        watchdog = self._watchdogs.pop(session.call_id, None)
-        if watchdog is not None:
-            watchdog.cancel()
+        self._warned.discard(session.call_id)
         if session.indexed and self.registry.relay is not None:
             with contextlib.suppress(Exception):  # the index expires on its own if the store is down
                 await self.registry.relay.release_call(session.call_id)
@@ -430,9 +431,7 @@ class SessionManager:
         if session.indexed and self.registry.relay is not None:
             with contextlib.suppress(Exception):  # the index expires on its own if the store is down
                 await self.registry.relay.release_call(session.call_id)
-        watchdog = self._watchdogs.pop(session.call_id, None)
-        if watchdog is not None and watchdog is not asyncio.current_task():
-            watchdog.cancel()
+        self._warned.discard(session.call_id)
         try:
             await session.close_transport(reason)
         except Exception:
@@ -446,25 +445,38 @@ class SessionManager:
         session.ended.set()
         event(log, "session ended", call_id=session.call_id, reason=reason, duration_seconds=duration)
 
-    async def _watch(self, session: Session) -> None:
+    async def _sweep(self) -> None:
+        """Every idle/20 seconds (at most 1 s), end what is past its limits and warn what nears
+        its idle timeout; runs while sessions are live. Ends and warnings run as tasks of their
+        own, so a slow close does not hold up the sweep."""
         limits = self.limits
-        warned = False
-        while session.end_reason is None:
-            now = self._clock()
-            if now - session.started_at >= limits.max_seconds:
-                await self.end(session, "max_duration")
-                return
-            idle = now - session.last_activity
-            if idle >= limits.idle_seconds:
-                await self.end(session, "idle_timeout")
-                return
-            if not warned and idle >= limits.idle_seconds * 0.8:
-                warned = True
-                with contextlib.suppress(Exception):
-                    await session.on_timeout_warning(limits.idle_seconds - idle)
-            elif idle < limits.idle_seconds * 0.8:
-                warned = False
+        while self._live:
             await asyncio.sleep(min(1.0, max(0.05, limits.idle_seconds / 20)))
+            now = self._clock()
+            for session in list(self._live.values()):
+                if session.end_reason is not None:
+                    continue
+                idle = now - session.last_activity
+                if now - session.started_at >= limits.max_seconds:
+                    self._spawn(self.end(session, "max_duration"))
+                elif idle >= limits.idle_seconds:
+                    self._spawn(self.end(session, "idle_timeout"))
+                elif idle >= limits.idle_seconds * 0.8:
+                    if session.call_id not in self._warned:
+                        self._warned.add(session.call_id)
+                        self._spawn(self._warn(session, limits.idle_seconds - idle))
+                else:
+                    self._warned.discard(session.call_id)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._swept.add(task)
+        task.add_done_callback(self._swept.discard)
+
+    @staticmethod
+    async def _warn(session: Session, seconds_left: float) -> None:
+        with contextlib.suppress(Exception):
+            await session.on_timeout_warning(seconds_left)
 
     async def agent_offline(self, record: AgentRecord) -> None:
         """The agent's /client socket closed: its sessions on this node end."""
@@ -480,3 +492,5 @@ class SessionManager:
                 await asyncio.wait_for(asyncio.gather(*(s.ended.wait() for s in self.live())), grace)
         for session in self.live():
             await self.end(session, "server_shutdown")
+        if self._sweeper is not None:
+            self._sweeper.cancel()

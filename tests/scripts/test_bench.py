@@ -126,3 +126,29 @@ def test_quick_run_prints_every_row_ratio_and_memory_figure() -> None:
         assert re.search(
             rf"^\s+{outstanding}\s+[\d,]+ B \(n=\d+\)\s+[\d,]+ B  target ≤ 250 B (meets|MISSES)$", out, re.M
         ), out
+
+
+def test_capacity_refuses_a_socket_count_out_of_bounds() -> None:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench_capacity"), "--sockets", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--sockets must be between 1 and 50,000" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (scripts/test installs it)")
+def test_quick_capacity_run_prints_rss_per_socket_and_both_rate_ratios() -> None:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench_capacity"), "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"^idle chat sockets: 1,000 opened in [\d.]+s \(1,000 open after 1 s", out, re.M), out
+    assert re.search(r"^server CPU while they idle: \d+% of a core", out, re.M), out
+    assert re.search(r"[\d.]+ KB per socket  target ≤ 100 KB (meets|MISSES)$", out, re.M), out
+    for what in ("mint", "consume"):
+        line = rf"^{what}\s+without\s+[\d,]+/s  with\s+[\d,]+/s  \d\.\d\dx  target ≥ 0\.8"
+        assert re.search(line, out, re.M), out

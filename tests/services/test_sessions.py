@@ -266,3 +266,37 @@ async def test_idle_and_max_duration_follow_the_injected_clock(clock: FakeClock)
     await manager.shutdown(grace=0)
     await registry.stop()
     await store.aclose()
+
+
+async def test_one_watchdog_serves_every_session_and_warns_once(clock: FakeClock) -> None:
+    """200 sessions are watched by one node-wide task (a task per session was 10,000 wake-ups
+    a second with 10,000 idle chats); the idle warning comes once per idle spell."""
+    store = MemoryStore()
+    registry = AgentRegistry(store, RegistrySettings("node-t", "http://127.0.0.1:1", 10.0))
+    await registry.register(Recorder("acme"), "bot", {}, None)
+    manager = SessionManager(registry, CallRouter(), SessionLimits(300, 300, 100.0, 2.0), clock=clock)
+    sessions = [Transport("acme", "bot") for _ in range(200)]
+    warnings: list[float] = []
+
+    async def warn(seconds_left: float) -> None:
+        warnings.append(seconds_left)
+
+    sessions[0].on_timeout_warning = warn  # type: ignore[method-assign]
+    for session in sessions:
+        await manager.start(session)
+    watchers = [t for t in asyncio.all_tasks() if t.get_name() in ("session-watchdog",)]
+    assert len(watchers) == 1 and not [t for t in asyncio.all_tasks() if t.get_name().startswith("watch-")]
+    clock.advance(1.7)  # past 80 % of the 2 s idle limit
+    for session in sessions[1:]:
+        session.touch()
+    await asyncio.sleep(0.35)  # several sweeps
+    assert len(warnings) == 1 and all(s.end_reason is None for s in sessions)
+    clock.advance(0.4)
+    await _ended(sessions[0])
+    assert sessions[0].end_reason == "idle_timeout" and sessions[1].end_reason is None
+    await manager.shutdown(grace=0)
+    assert all(s.end_reason == "server_shutdown" for s in sessions[1:])
+    await asyncio.sleep(0)
+    assert watchers[0].done()
+    await registry.stop()
+    await store.aclose()
