@@ -78,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--logs", choices=["off", "on"], default="off", help="per-request logs on both sides (off)"
     )
+    p.add_argument("--inspect", choices=["off", "on"], default="off", help="our server's VOICE_INSPECT (off)")
     p.add_argument("--rows", type=_rows, default=list(ROW_KEYS), help="subset, e.g. a,c (default all)")
     p.add_argument("--ws-tokens", type=_positive, default=None, help="tokens per consume row (auto)")
     p.add_argument("--ws-concurrency", type=_positive, default=None, help="sockets at once (= connections)")
@@ -102,7 +103,13 @@ def _plan(opts: argparse.Namespace) -> tuple[Plan, list[int]]:
     memory_at = opts.memory_at or list(defaults.memory_at)
     load = Load(opts.connections, opts.threads, duration)
     plan = Plan(
-        load, warmup, opts.rows, ws_tokens, opts.ws_concurrency or opts.connections, opts.logs == "on"
+        load,
+        warmup,
+        opts.rows,
+        ws_tokens,
+        opts.ws_concurrency or opts.connections,
+        opts.logs == "on",
+        opts.inspect == "on",
     )
     return plan, ([] if opts.no_memory else memory_at)
 

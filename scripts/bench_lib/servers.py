@@ -98,7 +98,7 @@ class Ours:
     api_key: str
 
 
-def start_ours(children: Children, server: str, redis: Endpoint, logs: bool) -> Ours:
+def start_ours(children: Children, server: str, redis: Endpoint, logs: bool, inspect: bool = False) -> Ours:
     port = free_port()
     api_key = "sk_live_bench_" + secrets.token_urlsafe(24)
     env = {
@@ -117,6 +117,9 @@ def start_ours(children: Children, server: str, redis: Endpoint, logs: bool) -> 
         "VOICE_LOG_LEVEL": "INFO" if logs else "WARNING",
         "VOICE_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
+        # --inspect on: the inspection API's journal on the measured paths (issue 10)
+        "VOICE_INSPECT": "1" if inspect else "0",
+        **({"VOICE_ADMIN_KEYS": secrets.token_urlsafe(32)} if inspect else {}),
     }
     if server == "granian":
         args = _granian("scripts.asgi_entry:create", port, logs=False, factory=True)

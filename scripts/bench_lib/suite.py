@@ -40,6 +40,7 @@ class Plan:
     ws_tokens: int  # tokens minted for each consume row
     ws_concurrency: int
     logs: bool
+    inspect: bool = False  # our server with VOICE_INSPECT=1
 
 
 def _progress(text: str) -> None:
@@ -57,7 +58,7 @@ class Suite:
         _progress(f"starting the baselines and our server under {self.server}")
         baselines = start_baselines(self.children, self.server, self.redis, self.plan.logs)
         try:
-            ours = start_ours(self.children, self.server, self.redis, self.plan.logs)
+            ours = start_ours(self.children, self.server, self.redis, self.plan.logs, self.plan.inspect)
             try:
                 async with await BenchAgent.connect(ours.endpoint.ws, ours.api_key):
                     return [await self._row(key, baselines, ours) for key in self.plan.rows]

@@ -88,6 +88,9 @@ async def reset_here(node: Node, agents: bool) -> None:
         await node.faults.reload()
     for session in node.sessions.live():
         await session.end("reset")
+    conversations = node.whatsapp.conversations
+    for conversation in conversations.live():
+        await conversations.end(conversation, "reset")
     if agents:
         for connection in list(node.connections):
             for record in await node.connection_closed(connection):

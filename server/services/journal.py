@@ -2,9 +2,9 @@
 
 It exists only when inspection is on (``VOICE_INSPECT``); off, ``node.journal`` is None and the
 mint and consume paths pay one ``is None`` check. On, they pay :meth:`Journal.note`: a dict
-appended to a list, no await. One writer task per node wakes once per event-loop turn with
-whatever was noted meanwhile and appends it, as one batch, to the capped log ``_voice/journal``
-in the store (:meth:`EventStore.log_events`: a Redis stream trimmed to
+appended to a list, no await. One writer task per node wakes on the next event-loop turn, gathers
+for a few milliseconds more, and appends what was noted, as one batch, to the capped log
+``_voice/journal`` in the store (:meth:`EventStore.log_events`: a Redis stream trimmed to
 ``VOICE_INSPECT_JOURNAL_MAX`` with numbers Redis gives, so two nodes never give one twice), and
 each session's frames to its own capped timeline ``_voice/tl/<call_id>``. It then publishes
 ``_voice/journal`` on the bus so live readers (``/_voice/journal/stream``) on every node read on.
@@ -37,6 +37,7 @@ TIMELINE_TTL = 86400.0
 MAX_PENDING = 50_000  # entries waiting for the writer; past it the oldest are dropped
 PAGE = 1000
 SETTLE_SECONDS = 2.0
+GATHER_SECONDS = 0.005
 
 
 class Journal:
@@ -108,6 +109,9 @@ class Journal:
     async def _write(self) -> None:
         while True:
             await self._wake.wait()
+            # A short gather: under load the entries of many requests share one store write (and
+            # one bus notice) instead of paying a pipeline each (scripts/bench --inspect on).
+            await asyncio.sleep(GATHER_SECONDS)
             self._wake.clear()
             await self._drain()
             if not self._pending and not self._frames:

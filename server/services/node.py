@@ -161,6 +161,7 @@ class Node:
         node.whatsapp = WhatsAppService(settings, store, registry, calls)
         if node.faults is not None:
             node.whatsapp.graph.before_send = node.faults.graph_fault
+            node.whatsapp.conversations.journal = node.journal
         await node.whatsapp.start()
         registry.on_online.append(node.whatsapp.agent_online)  # drains messages queued while offline
         registry.channel_guards.append(node.whatsapp.guard_channel)

@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -38,6 +38,9 @@ from server.errors import AgentNotOnline
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
+
+if TYPE_CHECKING:
+    from server.services.journal import Journal
 
 log = logging.getLogger("voice.whatsapp")
 Clock = Callable[[], float]
@@ -151,6 +154,7 @@ class Conversations:
         self._clock = clock
         self._live: dict[Key, WhatsAppSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.journal: Journal | None = None  # set by the node when inspection is on
 
     def __len__(self) -> int:
         return len(self._live)
@@ -159,6 +163,8 @@ class Conversations:
         return list(self._live.values())
 
     async def _send(self, session: WhatsAppSession, frame: Mapping[str, Any]) -> bool:
+        if self.journal is not None:
+            self.journal.frame(session.call_id, "server->agent", frame)
         return await self.registry.send(
             session.org_id,
             session.agent_id,
@@ -205,6 +211,10 @@ class Conversations:
         session = WhatsAppSession(self, key, contact_name, now)
         self._live[key] = session
         self.calls.add(session)
+        if self.journal is not None:
+            self.journal.note(
+                "session.start", call_id=session.call_id, transport="whatsapp", agent_id=key[1], org=key[0]
+            )
         await self._send(
             session,
             {
@@ -236,6 +246,8 @@ class Conversations:
 
     # -- the agent's commands --------------------------------------------------------------
     async def command(self, session: WhatsAppSession, frame: Mapping[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal.frame(session.call_id, "agent->server", frame)
         name = frame.get("event")
         if name == "call.hangup":
             await self.end(session, "hangup")
@@ -323,6 +335,8 @@ class Conversations:
             return
         del self._live[session.key]
         self.calls.remove(session)
+        if self.journal is not None:
+            self.journal.note("session.end", call_id=session.call_id, reason=reason)
         now = self._clock()
         with contextlib.suppress(Exception):
             await self._send(

@@ -563,3 +563,24 @@ async def test_a_fault_set_on_one_node_applies_on_the_other(
         assert await eventually(lambda: _no_faults(http, a))  # b's application spent it everywhere
     finally:
         await http.delete(a.url + "/_voice/faults", headers=ADMIN_AUTH)
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+def _webhook(numbers: int) -> dict[str, Any]:
+    values = [{"value": {"metadata": {"phone_number_id": str(1000 + n)}}} for n in range(numbers)]
+    return {"object": "whatsapp_business_account", "entry": [{"changes": values}]}
+
+
+async def test_webhook_verdicts_are_journaled(dev: ServerProcess, http: httpx.AsyncClient) -> None:
+    """Dev mode takes unsigned webhooks: one naming a number is accepted; one naming more
+    numbers than a body may is refused with its code."""
+    accepted = await http.post(dev.url + "/whatsapp/webhook", json=_webhook(1))
+    assert accepted.status_code == 200, accepted.text
+    refused = await http.post(dev.url + "/whatsapp/webhook", json=_webhook(65))
+    assert refused.status_code == 400
+    verdicts = (await get(http, dev, "/_voice/journal", kind="webhook.verdict"))["items"]
+    assert [(v["verdict"], v.get("code")) for v in verdicts[-2:]] == [
+        ("accepted", None),
+        ("refused", "bad_request"),
+    ]
+    assert verdicts[-1]["channel"] == "whatsapp"
