@@ -9,7 +9,7 @@ voice-server keys rotate KEY_ID [--grace SECONDS] [--json] [--env-file PATH]
 voice-server whatsapp sign --secret S < payload.json
 voice-server whatsapp send --url URL [--secret S] [--file payload.json]
 voice-server openapi [--output PATH [--check]]
-voice-server inspect [--url URL] [--admin-key KEY] [--json] tokens|journal|sessions|reset|fault|clock
+voice-server inspect [--url URL] [--admin-key KEY] [--env-file PATH] [--json] tokens|journal|...
 voice-server conformance URL [--api-key KEY] [--vectors DIR]
 """
 

@@ -1,6 +1,6 @@
 """``voice-server inspect``: the inspection API (``/_voice/*``) of a running server, from a shell.
 
-voice-server inspect [--url URL] [--admin-key KEY] [--json] tokens [--agent-id A] [--channel C] [--state S]
+voice-server inspect [--url URL] [--admin-key KEY] [--env-file PATH] [--json] tokens [--agent-id A] ...
 voice-server inspect ... journal [--kind K] [--agent-id A] [--after SEQ] [--follow]
 voice-server inspect ... sessions [CALL_ID] [--agent-id A] [--state live|ended]
 voice-server inspect ... reset [--agents]
@@ -9,9 +9,10 @@ voice-server inspect ... fault add TARGET KIND [--param NAME=VALUE]... [--count 
 voice-server inspect ... fault list | fault clear [ID]
 voice-server inspect ... clock [--advance SECONDS | --reset]
 
-A table for people, ``--json`` for scripts (the API's own JSON, one document; ``journal
---follow --json`` prints one entry per line). A refusal prints the server's detail and code and
-exits 1; a server with inspection off says so.
+Without ``--url`` and ``--admin-key`` they come from the server's own environment (as for
+``keys``): its public URL and first admin key. A table for people, ``--json`` for scripts (the
+API's own JSON, one document; ``journal --follow --json`` prints one entry per line). A refusal
+prints the server's detail and code and exits 1; a server with inspection off says so.
 """
 
 from __future__ import annotations
@@ -23,17 +24,27 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from server.settings import Settings
+
 if TYPE_CHECKING:  # imported where used: the other commands need none of it
     from server.testkit.inspector import Inspector
-
-DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def add_commands(commands: Any) -> None:
     """Register the ``inspect`` group on the top-level ``voice-server`` subparsers."""
     inspect = commands.add_parser("inspect", help="read and steer a server through its /_voice API")
-    inspect.add_argument("--url", default=DEFAULT_URL, help=f"the server's base URL ({DEFAULT_URL})")
-    inspect.add_argument("--admin-key", help="sent as Authorization: Bearer (needed outside dev mode)")
+    inspect.add_argument(
+        "--url", help="the server's base URL (default: its VOICE_PUBLIC_URL, or VOICE_HOST/VOICE_PORT)"
+    )
+    inspect.add_argument(
+        "--admin-key",
+        help="sent as Authorization: Bearer, needed outside dev mode (default: first of VOICE_ADMIN_KEYS)",
+    )
+    inspect.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="read the server's environment file (systemd EnvironmentFile=, compose env_file) first",
+    )
     inspect.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
     actions = inspect.add_subparsers(required=True, metavar="WHAT")
 
@@ -100,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
     from server.testkit.inspector import Inspector, InspectorError
 
+    if args.url is None or args.admin_key is None:
+        # Run next to the server, with its environment: its URL and key need no flag (and the
+        # key stays out of the process list).
+        settings = Settings.from_env(env_file=args.env_file, serving=False)
+        args.url = args.url or settings.public_url
+        args.admin_key = args.admin_key or (settings.admin_keys[0] if settings.admin_keys else None)
     with Inspector(args.url, args.admin_key) as inspector:
         try:
             return int(args.action(inspector, args))

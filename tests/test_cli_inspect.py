@@ -4,10 +4,12 @@ subprocess) against real server processes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,10 +21,12 @@ SECRET = "cli-inspect-secret-0123456789abcdef"
 ADMIN = "cli-admin-" + "k" * 40
 
 
-def inspect(*args: str) -> subprocess.CompletedProcess[str]:
+def inspect(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_")}
     return subprocess.run(
         [sys.executable, "-m", "server", "inspect", *args],
         cwd=ROOT,
+        env={**clean, **(env or {})},
         capture_output=True,
         text=True,
         timeout=30,
@@ -145,6 +149,21 @@ def test_journal_follow_prints_entries_as_the_server_makes_them(inspected: Serve
             follow.stdout.close()
 
 
+def test_next_to_the_server_its_environment_gives_the_url_and_the_key(
+    inspected: ServerProcess, tmp_path: Path
+) -> None:
+    server_env = {"VOICE_PORT": str(inspected.port), "VOICE_INSPECT": "1", "VOICE_ADMIN_KEYS": ADMIN}
+    result = inspect("tokens", env=server_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("SEQ  JTI")
+    env_file = tmp_path / "voice.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in server_env.items()))
+    from_file = inspect("--env-file", str(env_file), "--json", "clock")
+    assert from_file.returncode == 0 and json.loads(from_file.stdout)["offset_seconds"] == 0, from_file.stderr
+    bad = inspect("tokens", env={"VOICE_PORT": "not-a-port"})
+    assert bad.returncode == 2 and "VOICE_PORT" in bad.stderr
+
+
 @pytest.mark.parametrize(
     ("key", "code"), [(None, "admin_key_required"), ("wrong-" + "x" * 40, "invalid_admin_key")]
 )
@@ -254,5 +273,5 @@ def test_a_fault_param_without_a_value_is_a_usage_error(closed: ServerProcess) -
 
 
 def test_clock_takes_advance_or_reset_not_both() -> None:
-    result = inspect("clock", "--advance", "60", "--reset")
+    result = inspect("--url", "http://127.0.0.1:1", "clock", "--advance", "60", "--reset")
     assert result.returncode == 2 and "not allowed with argument" in result.stderr

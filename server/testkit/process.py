@@ -28,8 +28,6 @@ import httpx
 from server.testkit.inspector import InspectionUnavailable, Inspector
 
 if TYPE_CHECKING:
-    import asyncio
-
     from server.testkit.agent import VoiceAgent
 
 T = TypeVar("T")
@@ -93,11 +91,9 @@ class VoiceServer:
 
     # -- life cycle --------------------------------------------------------------------------------
     @classmethod
-    def boot(
-        cls, store_url: str | None = None, env: Mapping[str, str] | None = None, dev: bool = False
-    ) -> VoiceServer:
+    def boot(cls, store_url: str | None = None, env: Mapping[str, str] | None = None) -> VoiceServer:
         """Start a server process and wait until it is ready. ``env`` adds or overrides VOICE_*
-        settings; ``dev=True`` starts it with ``--dev`` (memory store only) instead."""
+        settings."""
         api_key = "sk_test_" + secrets.token_urlsafe(24)
         admin_key = "vadm_" + secrets.token_urlsafe(32)
         workdir = Path(tempfile.mkdtemp(prefix="voice-testkit-"))
@@ -119,8 +115,6 @@ class VoiceServer:
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
         command = [sys.executable, "-m", "server", "serve", "--port", "0", "--ready-file", str(ready)]
-        if dev:
-            command.append("--dev")
         with log_path.open("wb") as out:
             # This interpreter and fixed arguments: nothing here comes from outside the test run.
             proc = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
@@ -192,10 +186,6 @@ class VoiceServer:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         return self.events.run(coro, timeout)
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self.events.loop
 
     def agent(
         self,

@@ -178,12 +178,19 @@ def test_the_store_option_boots_the_server_on_redis(tmp_path: Path, redis_server
     with Redis.from_url(url) as client:
         client.flushdb()
         tests = """
-        def test_chat(voice_agent):
+        def test_chat(voice_agent, voice_server):
+            assert voice_server.inspector.health()["store"] == "redis"
             with voice_agent.chat() as chat:
                 assert chat.send("on redis") == "You said: on redis"
+            voice_server.inspector.assert_consumed_once(chat.token, by=chat)
+
+        def test_reset_on_redis_too(voice_server):
+            assert voice_server.inspector.tokens() == []
+            assert voice_server.inspector.sessions() == []
         """
         result = run_project(tmp_path, tests, "--voice-store-url", url)
         assert result.returncode == 0, result.stdout + result.stderr
+        assert "2 passed" in result.stdout, result.stdout
         assert client.dbsize() > 0, "nothing was written to the Redis named by --voice-store-url"
 
 
