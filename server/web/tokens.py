@@ -463,7 +463,9 @@ def _mint_parameters(channel: Channel) -> tuple[dict[str, Any], ...]:
             "scope", "what the stream socket may do", {"type": "string", "enum": ["", *sorted(SCOPES)]}
         ),
         openapi.query(
-            "call_id", "a call to narrow the token to", {"type": "string", "pattern": _CALL_ID.pattern}
+            "call_id",
+            "a call to narrow the token to (empty: none)",
+            {"type": "string", "pattern": "^(" + _CALL_ID.pattern[1:-1] + ")?$"},
         ),
         openapi.query(
             "metadata",

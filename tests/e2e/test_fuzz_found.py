@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -91,3 +92,16 @@ def test_a_non_utf8_whatsapp_app_secret_verifies_webhooks_by_its_bytes() -> None
             assert response.status_code == status, response.text
     finally:
         proc.stop()
+
+
+def test_an_empty_call_id_means_none_and_the_document_says_so(server: ServerProcess) -> None:
+    """A longer fuzz run: ``call_id=`` is taken as no call id, which the schema's pattern refused."""
+    document = httpx.get(server.url + "/openapi.json", timeout=5).json()
+    for path in ("/webrtc/token", "/chat/token", "/stream/token"):
+        parameters = document["paths"][path]["get"]["parameters"]
+        pattern = next(p for p in parameters if p["name"] == "call_id")["schema"]["pattern"]
+        assert re.search(pattern, "") and re.search(pattern, "call-1") and not re.search(pattern, "call 1")
+    response = httpx.get(
+        server.url + "/webrtc/token", params={"agent_id": "bot", "call_id": ""}, headers=AUTH, timeout=5
+    )
+    assert response.json()["code"] == "agent_not_online"  # past the call_id check
