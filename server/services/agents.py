@@ -612,6 +612,19 @@ class AgentRegistry:
             return False
         return await self.relay.to_agent(record.node_id, org_id, agent_id, frame)
 
+    async def held_elsewhere(self, org_id: str, agent_id: str) -> bool:
+        """Whether the store names another node as the agent's owner (True when the store cannot
+        say): a frame that reached nobody then met a node that is not listening right now (a
+        Redis failover, a node that crashed and whose record has not expired), not an agent
+        that went offline."""
+        if self.relay is None:
+            return False
+        try:
+            record = await self._store.get_agent(org_id, agent_id)
+        except VoiceError:
+            return True
+        return record is not None and record.node_id != self._settings.node_id
+
     async def send_local(self, org_id: str, agent_id: str, frame: Mapping[str, Any]) -> bool:
         """Write ``frame`` to the agent's socket if it is on this node; False otherwise."""
         connection = self.local_connection(org_id, agent_id)

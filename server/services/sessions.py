@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from server.core.scopes import PARTICIPATE, Access
-from server.errors import AgentNotOnline, CapacityExceeded, RateLimited
+from server.errors import AgentNotOnline, CapacityExceeded, RateLimited, StoreUnavailable
 from server.log import event
 from server.services.agents import AgentRegistry
 from server.services.calls import CallRouter
@@ -381,9 +381,14 @@ class SessionManager:
             self._sweeper = asyncio.create_task(self._sweep(), name="session-watchdog")
         started = session.started_frame()
         if not await self.registry.send(session.org_id, session.agent_id, started):
-            # Online by its record, reachable nowhere: the record outlived its node (a crash; it
-            # expires within the heartbeat TTL). Refused, not left open with no agent to answer.
+            # The agent never heard of the session: refused, not left open with no agent to
+            # answer. Online by its record on a node that is not listening (a Redis failover, a
+            # crashed node whose record has not expired yet): try again, as for the store.
             await self._discard(session)
+            if await self.registry.held_elsewhere(session.org_id, session.agent_id):
+                raise StoreUnavailable(
+                    f"Agent '{session.agent_id}' is on a node that did not answer; try again"
+                )
             raise AgentNotOnline(session.agent_id)
         if journal is not None:
             journal.note(
