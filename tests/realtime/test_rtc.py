@@ -358,10 +358,10 @@ async def test_a_flooding_browser_is_held_to_its_inbound_budget(
     """Data channel frames past VOICE_SESSION_INBOUND_BYTES (32 KiB/s, 8 s of burst) are refused
     with an error event and never reach the agent (a browser pushed ~90 MB in 0.7 s before)."""
     sdk, name = agent
+    started = time.monotonic()  # the session's bucket refills from its start, before the flood
     async with session(http, sdk, name) as (peer, _):
         text = "w" * 4000
         frames = 500  # 2 MB
-        started = time.monotonic()
         for _ in range(frames):
             peer.act({"action": "inject_text", "text": text})
         error = await peer.wait_for("error")
