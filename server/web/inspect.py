@@ -40,6 +40,7 @@ from server.web import openapi
 Handler = Callable[[Request], Awaitable[Response]]
 MAX_BODY = 16 * 1024
 MAX_AFTER = 2**62
+JSON_WHITESPACE = b" \t\r\n"  # RFC 8259 section 2
 TOKEN_STATES = ("issued", "consumed", "expired")
 SESSION_STATES = ("live", "ended")
 
@@ -117,7 +118,7 @@ async def body_of(request: Request) -> dict[str, Any]:
         raw += chunk
         if len(raw) > MAX_BODY:
             raise InvalidRequest(f"the body is larger than {MAX_BODY} bytes")
-    if not raw.strip():
+    if not raw.strip(JSON_WHITESPACE):  # bytes.strip() would also take \x0b and \x0c
         return {}
     try:
         value = strictjson.loads(raw)
@@ -278,14 +279,23 @@ _TIME: openapi.Schema = {"type": "number", "description": "unix seconds"}
 _NULL_TIME: openapi.Schema = {"type": ["number", "null"], "description": "unix seconds, or null"}
 _STR: openapi.Schema = {"type": "string"}
 _NULL_STR: openapi.Schema = {"type": ["string", "null"]}
-_AFTER = openapi.query(
+
+
+def _param(name: str, description: str, schema: openapi.Schema | None = None) -> openapi.Schema:
+    """A query parameter as :func:`_query` reads it: at most 256 characters, and empty the same as
+    not given (a form's blank filter field)."""
+    value = {"anyOf": [schema, {"const": ""}]} if schema else {"type": "string", "maxLength": 256}
+    return openapi.query(name, description + "; empty: not given", value)
+
+
+_AFTER = _param(
     "after", "Only entries with a larger `seq` (the previous page's `next_after`)", {**_SEQ, "minimum": 0}
 )
-_LIMIT = openapi.query(
+_LIMIT = _param(
     "limit", "Entries per page (default 100)", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
 )
-_AGENT = openapi.query("agent_id", "Only this agent's")
-_KIND = openapi.query("kind", 'An exact kind ("mint.allowed") or a prefix ending in "." ("mint.")')
+_AGENT = _param("agent_id", "Only this agent's")
+_KIND = _param("kind", 'An exact kind ("mint.allowed") or a prefix ending in "." ("mint.")')
 _TOKEN: openapi.Schema = {
     "type": "object",
     "description": "A minted token as the journal saw it; never the token string or its signature.",
@@ -473,7 +483,7 @@ def operations() -> list[openapi.Operation]:
             parameters=(
                 _KIND,
                 _AGENT,
-                openapi.query(
+                _param(
                     "after",
                     "Replay the entries after this seq first (default: live only)",
                     {**_SEQ, "minimum": 0},
@@ -487,8 +497,8 @@ def operations() -> list[openapi.Operation]:
             {"200": openapi.json_ok("A page of tokens", _list(_TOKEN))},
             parameters=(
                 _AGENT,
-                openapi.query("channel", "Only this channel's", {"enum": [c.value for c in Channel]}),
-                openapi.query("state", "Only tokens in this state", {"enum": list(TOKEN_STATES)}),
+                _param("channel", "Only this channel's", {"enum": [c.value for c in Channel]}),
+                _param("state", "Only tokens in this state", {"enum": list(TOKEN_STATES)}),
                 _AFTER,
                 _LIMIT,
             ),
@@ -500,7 +510,7 @@ def operations() -> list[openapi.Operation]:
             {"200": openapi.json_ok("A page of sessions", _list(_SESSION))},
             parameters=(
                 _AGENT,
-                openapi.query("state", "Only sessions in this state", {"enum": list(SESSION_STATES)}),
+                _param("state", "Only sessions in this state", {"enum": list(SESSION_STATES)}),
                 _AFTER,
                 _LIMIT,
             ),

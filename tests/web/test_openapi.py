@@ -175,3 +175,27 @@ def test_docs_page_and_assets_are_served_from_the_package(server: ServerProcess)
     script = httpx.get(server.url + "/docs/docs.js", timeout=10).text
     assert 'fetch("/openapi.json")' in script and "https://" not in script
     assert httpx.get(server.url + "/docs/other.js", timeout=10).status_code == 404
+
+
+def test_an_empty_inspection_query_value_means_not_given_and_the_document_says_so(
+    server: ServerProcess,
+) -> None:
+    """Found by fuzzing the /_voice operations: ``limit=``, ``after=``, ``channel=`` are taken as
+    not given (a blank filter field), which the documented integer and enum schemas refused."""
+    response = httpx.get(
+        server.url + "/_voice/tokens?limit=&after=&channel=&state=&agent_id=",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
+    assert response.status_code == 200 and response.json() == {"items": [], "next_after": None}
+    document = served(server).json()
+    for parameter in document["paths"]["/_voice/tokens"]["get"]["parameters"]:
+        schema = parameter["schema"]
+        admits_empty = {"const": ""} in schema.get("anyOf", []) or schema.get("type") == "string"
+        assert admits_empty, parameter["name"]
+    limit = next(p for p in document["paths"]["/_voice/journal"]["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 1000}
+    bad = httpx.get(
+        server.url + "/_voice/tokens?limit=0", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    )
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
