@@ -89,7 +89,7 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
         *agents.routes(),
         *sdk_extras.routes(),
         *health.routes(),
-        *openapi.routes(openapi.document(operations())),
+        *openapi.routes(openapi.document(operations(settings.inspect))),
         *(inspect.routes() if settings.inspect else []),  # off: /_voice/* is an unknown route
         *(inspect_ui.routes() if settings.inspect else []),  # the page at /_voice/ui, with the API
         WebSocketRoute("/{path:path}", errors.unknown_websocket),  # last: what no route above serves
@@ -108,9 +108,10 @@ def create_app(settings: Settings, store: Store | None = None, on_ready: Hook | 
     )
 
 
-def operations() -> list[openapi.Operation]:
+def operations(inspect_on: bool = True) -> list[openapi.Operation]:
     """Every HTTP operation, in route order: what ``/openapi.json`` describes (server/web/openapi.py
-    says how a new route module adds its own)."""
+    says how a new route module adds its own). ``inspect_on``: with the ``/_voice/*`` routes, as a
+    node with ``VOICE_INSPECT`` on mounts them (and ``docs/openapi.json`` shows them)."""
     return [
         *tokens.operations(),
         *webrtc_http.operations(),
@@ -120,6 +121,8 @@ def operations() -> list[openapi.Operation]:
         *sdk_extras.operations(),
         *health.operations(),
         *openapi.operations(),
+        *(inspect.operations() if inspect_on else []),
+        *(inspect_ui.operations() if inspect_on else []),
     ]
 
 

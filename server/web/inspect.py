@@ -21,16 +21,26 @@ from starlette.routing import BaseRoute, Route
 from server.core import strictjson
 from server.core.apikeys import parse_bearer
 from server.core.tokens import Channel
-from server.errors import AdminKeyRequired, InvalidAdminKey, InvalidRequest, SessionNotFound
+from server.errors import (
+    AdminKeyRequired,
+    FaultNotFound,
+    InvalidAdminKey,
+    InvalidRequest,
+    SessionNotFound,
+    StoreUnavailable,
+    VoiceError,
+)
 from server.services import control, inspector
 from server.services.faults import FaultBoard
 from server.services.inspector import MAX_LIMIT, Page
 from server.services.journal import Journal
 from server.services.node import Node
+from server.web import openapi
 
 Handler = Callable[[Request], Awaitable[Response]]
 MAX_BODY = 16 * 1024
 MAX_AFTER = 2**62
+JSON_WHITESPACE = b" \t\r\n"  # RFC 8259 section 2
 TOKEN_STATES = ("issued", "consumed", "expired")
 SESSION_STATES = ("live", "ended")
 
@@ -108,7 +118,7 @@ async def body_of(request: Request) -> dict[str, Any]:
         raw += chunk
         if len(raw) > MAX_BODY:
             raise InvalidRequest(f"the body is larger than {MAX_BODY} bytes")
-    if not raw.strip():
+    if not raw.strip(JSON_WHITESPACE):  # bytes.strip() would also take \x0b and \x0c
         return {}
     try:
         value = strictjson.loads(raw)
@@ -255,4 +265,369 @@ def routes() -> list[BaseRoute]:
         Route("/_voice/clock", guarded(clock), methods=["GET", "POST"]),
         Route("/_voice/faults", guarded(faults), methods=["GET", "POST", "DELETE"]),
         Route("/_voice/faults/{fault_id}", guarded(fault), methods=["DELETE"]),
+    ]
+
+
+# -- the OpenAPI operations (server/web/openapi.py) ----------------------------------------------
+INSPECTION = (
+    "Exists only when inspection is on (`VOICE_INSPECT`, default on in dev mode, off elsewhere); "
+    "off, every `/_voice/*` path answers 404 `not_found` like any unknown route. Outside dev mode, "
+    "or whenever `VOICE_ADMIN_KEYS` is set, it needs `Authorization: Bearer <admin key>`."
+)
+_SEQ: openapi.Schema = {"type": "integer", "minimum": 1}
+_TIME: openapi.Schema = {"type": "number", "description": "unix seconds"}
+_NULL_TIME: openapi.Schema = {"type": ["number", "null"], "description": "unix seconds, or null"}
+_STR: openapi.Schema = {"type": "string"}
+_NULL_STR: openapi.Schema = {"type": ["string", "null"]}
+
+
+def _param(name: str, description: str, schema: openapi.Schema | None = None) -> openapi.Schema:
+    """A query parameter as :func:`_query` reads it: at most 256 characters, and empty the same as
+    not given (a form's blank filter field)."""
+    value = {"anyOf": [schema, {"const": ""}]} if schema else {"type": "string", "maxLength": 256}
+    return openapi.query(name, description + "; empty: not given", value)
+
+
+_AFTER = _param(
+    "after", "Only entries with a larger `seq` (the previous page's `next_after`)", {**_SEQ, "minimum": 0}
+)
+_LIMIT = _param(
+    "limit", "Entries per page (default 100)", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
+)
+_AGENT = _param("agent_id", "Only this agent's")
+_KIND = _param("kind", 'An exact kind ("mint.allowed") or a prefix ending in "." ("mint.")')
+_TOKEN: openapi.Schema = {
+    "type": "object",
+    "description": "A minted token as the journal saw it; never the token string or its signature.",
+    "required": ["seq", "jti", "org", "agents", "channel", "state", "minted_at", "expires_at"],
+    "properties": {
+        "seq": _SEQ,
+        "jti": _STR,
+        "org": _STR,
+        "agents": {"type": "array", "items": _STR},
+        "channel": {"enum": [c.value for c in Channel]},
+        "state": {"enum": list(TOKEN_STATES)},
+        "minted_at": _TIME,
+        "expires_at": _TIME,
+        "consumed_at": _NULL_TIME,
+        "consumed_by": {**_NULL_STR, "description": "the session (call) id that consumed it"},
+        "node": _STR,
+    },
+}
+_ENTRY: openapi.Schema = {
+    "type": "object",
+    "description": "One journal entry: `seq`, `at`, `kind`, `node` and the kind's own fields "
+    "(mint.allowed, mint.refused, consume.allowed, consume.refused, client.connect, client.register, "
+    "client.refuse, session.start, session.end, webhook.verdict, fault.applied; README).",
+    "required": ["seq", "at", "kind", "node"],
+    "properties": {"seq": _SEQ, "at": _TIME, "kind": _STR, "node": _STR},
+    "additionalProperties": True,
+}
+_SESSION: openapi.Schema = {
+    "type": "object",
+    "required": ["seq", "call_id", "transport", "agent_id", "state", "started_at"],
+    "properties": {
+        "seq": _SEQ,
+        "call_id": _STR,
+        "transport": {"enum": ["webrtc", "chat", "whatsapp", "stream"]},
+        "agent_id": _NULL_STR,
+        "org": _NULL_STR,
+        "state": {"enum": list(SESSION_STATES)},
+        "started_at": _TIME,
+        "ended_at": _NULL_TIME,
+        "end_reason": _NULL_STR,
+        "node": _STR,
+    },
+}
+_TIMELINE: openapi.Schema = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "description": "One event of the session; audio is counted (`audio_frames`), never carried.",
+        "required": ["at", "direction", "event"],
+        "properties": {
+            "at": _TIME,
+            "direction": {"enum": ["browser->server", "server->browser", "server->agent", "agent->server"]},
+            "event": _STR,
+            "audio_frames": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": True,
+    },
+}
+_FAULT: openapi.Schema = {
+    "type": "object",
+    "required": ["id", "target", "kind", "params", "probability", "remaining", "expires_at", "applied"],
+    "properties": {
+        "id": _STR,
+        "target": {"enum": ["store", "mint", "consume", "client", "whatsapp"]},
+        "kind": {"enum": ["unavailable", "slow", "fail", "drop", "delay"]},
+        "params": {"type": "object", "description": "the kind's parameters, also repeated at the top level"},
+        "probability": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "remaining": {"type": ["integer", "null"], "description": "applications left, or null"},
+        "expires_at": _NULL_TIME,
+        "applied": {"type": "integer", "minimum": 0},
+    },
+    "additionalProperties": True,
+}
+_FAULT_SPEC: openapi.Schema = {
+    "type": "object",
+    "description": "target/kind: store/unavailable, store/slow {delay_ms}, mint/fail {channel?, "
+    "agent_id?, status, code}, consume/fail {channel?, status, code}, client/drop {agent_id}, "
+    "whatsapp/delay {delay_ms}, whatsapp/fail {status}. Every fault expires by itself: 60 seconds "
+    "when neither count nor seconds is given.",
+    "required": ["target", "kind"],
+    "properties": {
+        "target": _FAULT["properties"]["target"],
+        "kind": _FAULT["properties"]["kind"],
+        "count": {"type": "integer", "minimum": 1},
+        "seconds": {"type": "number", "exclusiveMinimum": 0},
+        "probability": _FAULT["properties"]["probability"],
+        "delay_ms": {"type": "integer", "minimum": 0},
+        "channel": {"enum": [c.value for c in Channel]},
+        "agent_id": _STR,
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "code": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
+    },
+}
+_CLOCK: openapi.Schema = {
+    "type": "object",
+    "required": ["offset_seconds", "now"],
+    "properties": {"offset_seconds": {"type": "number", "minimum": 0}, "now": _TIME},
+}
+_DELETED: openapi.Schema = {
+    "type": "object",
+    "required": ["deleted"],
+    "properties": {"deleted": {"type": "integer", "minimum": 0}},
+}
+
+
+def _list(item: openapi.Schema) -> openapi.Schema:
+    return {
+        "type": "object",
+        "required": ["items", "next_after"],
+        "properties": {
+            "items": {"type": "array", "items": item, "description": "oldest first"},
+            "next_after": {**_SEQ, "type": ["integer", "null"], "description": "`after` for the next page"},
+        },
+    }
+
+
+def _body(description: str, schema: openapi.Schema, required: bool = False) -> openapi.Schema:
+    return {
+        "description": description,
+        "required": required,
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _op(
+    method: str,
+    path: str,
+    summary: str,
+    ok: Mapping[str, openapi.Schema],
+    errors: tuple[type[VoiceError], ...] = (),
+    **extra: Any,
+) -> openapi.Operation:
+    return openapi.Operation(
+        method,
+        path,
+        summary,
+        tag="inspection",
+        description=INSPECTION,
+        ok=ok,
+        errors=(AdminKeyRequired, InvalidAdminKey, InvalidRequest, *errors),
+        http_errors={404: "not_found"},
+        security=openapi.ADMIN_KEY,
+        **extra,
+    )
+
+
+def operations() -> list[openapi.Operation]:
+    return [
+        _op(
+            "get",
+            "/_voice/health",
+            "Inspection is on: this node and its store",
+            {
+                "200": openapi.json_ok(
+                    "On",
+                    {
+                        "type": "object",
+                        "required": ["inspect", "node", "store"],
+                        "properties": {
+                            "inspect": {"const": True},
+                            "node": _STR,
+                            "store": {"enum": ["memory", "redis"]},
+                        },
+                    },
+                )
+            },
+        ),
+        _op(
+            "get",
+            "/_voice/journal",
+            "The journal, a page at a time",
+            {"200": openapi.json_ok("A page of entries", _list(_ENTRY))},
+            parameters=(_KIND, _AGENT, _AFTER, _LIMIT),
+        ),
+        _op(
+            "get",
+            "/_voice/journal/stream",
+            "The journal, live, as server-sent events",
+            {
+                "200": openapi.typed_ok(
+                    "A comment line first, then one `data: <entry JSON>` event per entry as it happens",
+                    "text/event-stream",
+                )
+            },
+            parameters=(
+                _KIND,
+                _AGENT,
+                _param(
+                    "after",
+                    "Replay the entries after this seq first (default: live only)",
+                    {**_SEQ, "minimum": 0},
+                ),
+            ),
+        ),
+        _op(
+            "get",
+            "/_voice/tokens",
+            "Minted tokens and what became of them",
+            {"200": openapi.json_ok("A page of tokens", _list(_TOKEN))},
+            parameters=(
+                _AGENT,
+                _param("channel", "Only this channel's", {"enum": [c.value for c in Channel]}),
+                _param("state", "Only tokens in this state", {"enum": list(TOKEN_STATES)}),
+                _AFTER,
+                _LIMIT,
+            ),
+        ),
+        _op(
+            "get",
+            "/_voice/sessions",
+            "Sessions, live and ended",
+            {"200": openapi.json_ok("A page of sessions", _list(_SESSION))},
+            parameters=(
+                _AGENT,
+                _param("state", "Only sessions in this state", {"enum": list(SESSION_STATES)}),
+                _AFTER,
+                _LIMIT,
+            ),
+        ),
+        _op(
+            "get",
+            "/_voice/sessions/{call_id}",
+            "One session with its timeline",
+            {
+                "200": openapi.json_ok(
+                    "The session",
+                    {
+                        **_SESSION,
+                        "required": [*_SESSION["required"], "timeline"],
+                        "properties": {**_SESSION["properties"], "timeline": _TIMELINE},
+                    },
+                )
+            },
+            (SessionNotFound,),
+        ),
+        _op(
+            "post",
+            "/_voice/reset",
+            "Forget tokens, sessions, the journal and rate-limit buckets on every node",
+            {
+                "200": openapi.json_ok(
+                    "Reset",
+                    {
+                        "type": "object",
+                        "required": ["reset", "families"],
+                        "properties": {
+                            "reset": {"const": True},
+                            "families": {"type": "array", "items": _STR},
+                        },
+                    },
+                )
+            },
+            (StoreUnavailable,),
+            body=_body(
+                "Empty, or whether registered agents go too (default false)",
+                {
+                    "type": "object",
+                    "properties": {"agents": {"type": "boolean"}},
+                    "additionalProperties": False,
+                },
+            ),
+        ),
+        _op(
+            "get",
+            "/_voice/clock",
+            "The deployment clock's offset",
+            {"200": openapi.json_ok("The clock", _CLOCK)},
+            (StoreUnavailable,),
+        ),
+        _op(
+            "post",
+            "/_voice/clock",
+            "Move the deployment clock ahead (token expiry, session timers, rate-limit windows), or back",
+            {"200": openapi.json_ok("The clock now", _CLOCK)},
+            (StoreUnavailable,),
+            body=_body(
+                "One of the two",
+                {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["advance_seconds"],
+                            "properties": {"advance_seconds": {"type": "number", "exclusiveMinimum": 0}},
+                            "additionalProperties": False,
+                        },
+                        {
+                            "type": "object",
+                            "required": ["reset"],
+                            "properties": {"reset": {"const": True}},
+                            "additionalProperties": False,
+                        },
+                    ]
+                },
+                required=True,
+            ),
+        ),
+        _op(
+            "get",
+            "/_voice/faults",
+            "Active faults",
+            {
+                "200": openapi.json_ok(
+                    "The faults",
+                    {
+                        "type": "object",
+                        "required": ["items"],
+                        "properties": {"items": {"type": "array", "items": _FAULT}},
+                    },
+                )
+            },
+            (StoreUnavailable,),
+        ),
+        _op(
+            "post",
+            "/_voice/faults",
+            "Inject a fault, deployment-wide",
+            {"201": openapi.json_ok("The fault", _FAULT)},
+            (StoreUnavailable,),
+            body=_body("The fault", _FAULT_SPEC, required=True),
+        ),
+        _op(
+            "delete",
+            "/_voice/faults",
+            "Remove every fault",
+            {"200": openapi.json_ok("How many went", _DELETED)},
+            (StoreUnavailable,),
+        ),
+        _op(
+            "delete",
+            "/_voice/faults/{fault_id}",
+            "Remove one fault",
+            {"200": openapi.json_ok("It went", _DELETED)},
+            (FaultNotFound, StoreUnavailable),
+        ),
     ]

@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from server.web import openapi
+
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {"inspector.js": "text/javascript", "inspector.css": "text/css"}
 # Script, style and every fetch from this server only; no frame may embed the page.
@@ -48,4 +50,37 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/_voice/ui", page, methods=["GET"]),
         Route("/_voice/ui/{name}", asset, methods=["GET"]),
+    ]
+
+
+def operations() -> list[openapi.Operation]:
+    description = (
+        "Exists only when inspection is on (`VOICE_INSPECT`); needs no admin key, holds no data: "
+        "the page asks the guarded API for it with the key typed into its field."
+    )
+    return [
+        openapi.Operation(
+            "get",
+            "/_voice/ui",
+            "The inspector page",
+            tag="inspection",
+            description=description,
+            ok={"200": openapi.typed_ok("The page", "text/html")},
+            http_errors={404: "not_found"},
+        ),
+        openapi.Operation(
+            "get",
+            "/_voice/ui/{name}",
+            "The inspector page's script and style",
+            tag="inspection",
+            description=description,
+            parameters=({"name": "name", "in": "path", "required": True, "schema": {"enum": list(ASSETS)}},),
+            ok={
+                "200": {
+                    "description": "The asset",
+                    "content": {media: {"schema": {"type": "string"}} for media in ASSETS.values()},
+                }
+            },
+            http_errors={404: "not_found"},
+        ),
     ]

@@ -7,25 +7,27 @@ them in route order. Error responses are never written by hand: an operation lis
 :mod:`server.errors` classes it can raise, and each status becomes one response whose body
 schema is ``{"detail", "code"}`` with ``code`` one of those classes' codes (CONTRACT §1).
 
-Adding a route module (e.g. the ``/_voice/*`` inspection routes)::
+Adding a route module::
 
-    # server/web/inspect.py, next to its routes()
+    # server/web/things.py, next to its routes()
     def operations() -> list[Operation]:
         return [
             Operation(
-                "get", "/_voice/agents", "Live agents of the key's org", tag="inspection",
-                ok={"200": json_ok("The agents", {"type": "object"})},
+                "get", "/things", "The key's things", tag="things",
+                ok={"200": json_ok("The things", {"type": "object"})},
                 errors=(InvalidApiKey, StoreUnavailable),
                 security=SECRET_KEY,
             ),
         ]
 
-then add ``*inspect.operations()`` to :func:`server.web.app.operations` (next to where
-``create_app`` lists ``*inspect.routes()``) and run ``scripts/openapi`` to rewrite
-``docs/openapi.json``. The helpers here (:func:`json_ok`, :func:`query`, :func:`header`...)
-build the pieces; an error class's status and code come from :mod:`server.errors` itself.
-``tests/web/test_openapi.py`` fails while an HTTP route has no operation (or an operation no
-route), and while the committed file differs from what the server serves.
+then add ``*things.operations()`` to :func:`server.web.app.operations` (next to where
+``create_app`` lists ``*things.routes()``, under the same condition when the routes are mounted
+only with some setting, as the ``/_voice/*`` inspection routes are) and run ``scripts/openapi`` to
+rewrite ``docs/openapi.json`` (written with every operation, inspection included). The helpers
+here (:func:`json_ok`, :func:`query`, :func:`header`...) build the pieces; an error class's status
+and code come from :mod:`server.errors` itself. ``tests/web/test_openapi.py`` fails while an HTTP
+route has no operation (or an operation no route), with inspection on or off, and while the
+committed file differs from what a server with inspection on serves.
 
 WebSocket routes (``/client``, ``/chat/ws``, ``/ws/stream``...) are outside what OpenAPI
 describes; the README's wire section covers them.
@@ -53,6 +55,7 @@ Schema = dict[str, Any]
 NO_AUTH: tuple[str, ...] = ()
 SECRET_KEY = ("secretKey",)
 OPTIONAL_KEY = ("", "secretKey")  # "" = no credential at all (the browser's Origin path)
+ADMIN_KEY = ("adminKey", "")  # "" = dev mode with no VOICE_ADMIN_KEYS set
 SECURITY_SCHEMES: dict[str, Schema] = {
     "secretKey": {
         "type": "http",
@@ -60,6 +63,19 @@ SECURITY_SCHEMES: dict[str, Schema] = {
         "description": "An API key: `sk_...` (secret, from a backend) or, on the mints, `pk_...` "
         "(publishable, pins the org of a browser mint).",
     },
+    "adminKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of `VOICE_ADMIN_KEYS`, for the inspection API (`/_voice/*`): required "
+        "outside dev mode and whenever the setting is given; in dev mode without it, no credential. "
+        "Missing: 401 `admin_key_required`; not one of them: 403 `invalid_admin_key`.",
+    },
+}
+# Shown with the tag in the document; a tag not named here has no description.
+TAG_DESCRIPTIONS = {
+    "inspection": "The inspection API and its page (`/_voice/*`). These routes exist only when "
+    "inspection is on (`VOICE_INSPECT`, default on in dev mode, off elsewhere): off, they answer "
+    "404 `not_found` like any unknown route, and the document a server serves leaves them out.",
 }
 ERROR_SCHEMA: Schema = {
     "type": "object",
@@ -200,8 +216,9 @@ def request_header(name: str, description: str, required: bool = False) -> Schem
 
 
 def document(operations: Iterable[Operation]) -> Schema:
-    """The whole OpenAPI 3.1 document; the same bytes on every node and in ``docs/openapi.json``
-    (nothing in it depends on settings)."""
+    """The whole OpenAPI 3.1 document of ``operations``: a node serves the operations of the routes
+    it mounts (the ``/_voice/*`` ones only with ``VOICE_INSPECT`` on), ``docs/openapi.json`` all of
+    them; nothing else in it depends on settings."""
     paths: dict[str, Schema] = {}
     tags: list[str] = []
     for op in operations:
@@ -222,7 +239,10 @@ def document(operations: Iterable[Operation]) -> Schema:
             "`/chat/ws`, `/ws/stream` and the sdk extras' sockets) are described in the README.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
-        "tags": [{"name": t} for t in tags],
+        "tags": [
+            {"name": t, **({"description": TAG_DESCRIPTIONS[t]} if t in TAG_DESCRIPTIONS else {})}
+            for t in tags
+        ],
         "paths": paths,
         "components": {"securitySchemes": SECURITY_SCHEMES},
     }

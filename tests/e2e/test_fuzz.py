@@ -6,7 +6,8 @@ phases (the mint's link to ``POST /webrtc/offer`` feeds minted tokens to the off
 What must hold: no 5xx (the documented 501 ``not_supported`` of the provider-less routes
 aside), every status and body as documented, schema-invalid input refused with a 4xx, every
 answer within the response-time limit (no hangs), nothing logged at ERROR by the server, and
-the server ready afterwards. Each run is bounded by ``FUZZ_SECONDS`` (default 45); a release
+the server ready afterwards; a third run covers the ``/_voice/*`` inspection operations on a
+``--dev`` server (inspection on). Each run is bounded by ``FUZZ_SECONDS`` (default 45); a release
 run sets more (README, Development): ``FUZZ_SECONDS=600 .venv/bin/python -m pytest tests/e2e/test_fuzz.py``.
 """
 
@@ -19,7 +20,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -118,7 +119,15 @@ async def keep_online(url: str) -> None:
                 break
 
 
-async def fuzz(server: ServerProcess, tmp_path: Path, name: str, headers: list[str], extra: str = "") -> str:
+async def fuzz(
+    server: ServerProcess,
+    tmp_path: Path,
+    name: str,
+    headers: list[str],
+    extra: str = "",
+    select: tuple[str, ...] = (),
+    seconds: int = FUZZ_SECONDS,
+) -> str:
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert cli is not None, "schemathesis is not installed: scripts/setup-venv installs the test extras"
     config = tmp_path / f"schemathesis-{name}.toml"
@@ -128,7 +137,8 @@ async def fuzz(server: ServerProcess, tmp_path: Path, name: str, headers: list[s
         "--config-file", str(config),
         "run", f"{server.url}/openapi.json",
         "--phases", "coverage,fuzzing,stateful",
-        "--max-time", str(FUZZ_SECONDS),
+        "--max-time", str(seconds),
+        *select,
         "--workers", "1",  # hypothesis under Python 3.11 threads: ast.parse races (SystemError)
         "--seed", os.environ.get("FUZZ_SEED", "13"),
         "--no-color",
@@ -138,11 +148,11 @@ async def fuzz(server: ServerProcess, tmp_path: Path, name: str, headers: list[s
         *command, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), FUZZ_SECONDS * 3 + 60)
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds * 3 + 60)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        pytest.fail(f"schemathesis did not finish within {FUZZ_SECONDS * 3 + 60}s (a hang)")
+        pytest.fail(f"schemathesis did not finish within {seconds * 3 + 60}s (a hang)")
     text = out.decode(errors="replace")
     (tmp_path / f"schemathesis-{name}.txt").write_text(text)
     # Long generated bodies are cut: the report stays readable, the full text is in tmp_path.
@@ -151,9 +161,14 @@ async def fuzz(server: ServerProcess, tmp_path: Path, name: str, headers: list[s
     return text
 
 
-def server_errors(server: ServerProcess) -> list[str]:
+def server_errors(server: ServerProcess, after_startup: bool = False) -> list[str]:
+    """ERROR records and anything not a JSON log line; ``after_startup``: from the end of
+    start-up on (dev mode prints its banner, plain text, before it)."""
+    log = server.log()
+    if after_startup:
+        log = log[log.index("Application startup complete.") :].split("\n", 1)[-1]
     lines = []
-    for line in server.log().splitlines():
+    for line in log.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -184,3 +199,43 @@ async def test_every_operation_without_and_with_a_secret_key(server: ServerProce
         assert (await http.get("/readyz")).status_code == 200
     assert len(online) > 1, "the keyed run never reached DELETE /api/sdk/agents/{slug}"
     assert "API Links:    0 covered" not in keyed, "the stateful phase never followed mint -> offer"
+
+
+INSPECT_SECONDS = max(FUZZ_SECONDS * 2 // 3, 10)
+
+
+@pytest.fixture
+def dev_server(redis_url: str) -> Iterator[ServerProcess]:
+    """Dev mode on Redis: inspection on by default, no admin key needed."""
+    proc = start_server(
+        {"VOICE_TOKEN_SECRET": "fuzz-secret-0123456789abcdef0123456789", "VOICE_STORE_URL": redis_url},
+        args=["--dev"],
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.timeout(INSPECT_SECONDS * 3 + 120)
+async def test_every_inspection_operation_on_a_dev_server(dev_server: ServerProcess, tmp_path: Path) -> None:
+    """The /_voice/* operations (tag inspection), bounded by two thirds of FUZZ_SECONDS. The live
+    journal stream is left out: it answers forever, which a request-response fuzzer reads as a
+    hang (tests/e2e/test_inspect.py covers it)."""
+    stream = "/_voice/journal/stream"
+    output = await fuzz(
+        dev_server,
+        tmp_path,
+        "inspection",
+        [],
+        select=("--include-tag", "inspection", "--exclude-path", stream),
+        seconds=INSPECT_SECONDS,
+    )
+    async with httpx.AsyncClient(base_url=dev_server.url, timeout=5) as http:
+        document = (await http.get("/openapi.json")).json()
+        assert (await http.get("/_voice/health")).json()["store"] == "redis"
+    expected = sum(len(item) for path, item in document["paths"].items() if path.startswith("/_voice/")) - 1
+    selected = re.search(r"Selected: (\d+)/(\d+)", output)
+    assert selected is not None and int(selected[1]) == expected >= 14, output[-3000:]
+    assert f"Tested: {selected[1]}" in output
+    assert server_errors(dev_server, after_startup=True) == []
+    async with httpx.AsyncClient(base_url=dev_server.url, timeout=5) as http:
+        assert (await http.get("/readyz")).status_code == 200

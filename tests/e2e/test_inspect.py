@@ -341,6 +341,19 @@ async def test_bad_reset_bodies_are_invalid_requests(
     assert (broken.status_code, broken.json()["code"]) == (400, "invalid_request")
 
 
+@pytest.mark.parametrize("raw", [b"\x0c", b" \x0b\n", b" \x1c "], ids=["form-feed", "vtab", "file-sep"])
+async def test_a_body_of_non_json_whitespace_is_bad_json_not_empty(
+    dev: ServerProcess, http: httpx.AsyncClient, raw: bytes
+) -> None:
+    """Found by fuzzing: Python's bytes.strip() takes \\x0c for whitespace, JSON does not; such a
+    body reset everything as if it were empty."""
+    for path in ("/_voice/reset", "/_voice/clock", "/_voice/faults"):
+        answer = await http.post(dev.url + path, content=raw, headers={"Content-Type": "application/json"})
+        assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request"), path
+    blank = await http.post(dev.url + "/_voice/reset", content=b" \r\n\t")  # JSON whitespace: empty
+    assert blank.status_code == 200 and blank.json()["reset"] is True
+
+
 async def test_reset_on_one_node_ends_sessions_on_the_other(
     pair: list[ServerProcess], http: httpx.AsyncClient
 ) -> None:
