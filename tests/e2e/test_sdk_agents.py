@@ -226,8 +226,8 @@ async def test_a_private_agent_refuses_key_less_mints_with_403(
         assert response.status_code == 403, response.text
         assert response.json()["code"] == "agent_not_public"
         assert "API key" in response.json()["detail"] and "acme" not in response.text
-        # Readable by the page (issue 18 item 4); the refusal holds no token.
-        assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+        # A credential refusal: CORS for matching origins only (CONTRACT §5), and none match.
+        assert "access-control-allow-origin" not in response.headers
     preflight = await http.options(
         "/webrtc/token",
         params={"agent_id": name},
