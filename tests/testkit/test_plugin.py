@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -222,6 +223,10 @@ def test_the_server_url_option_targets_a_running_server(tmp_path: Path) -> None:
         """
         result = run_project(tmp_path, tests, VOICE_TEST_SERVER_URL=server.url, VOICE_TEST_API_KEY=key)
         assert result.returncode == 0, result.stdout + result.stderr
+        # The access log is buffered (VOICE_LOG_FLUSH_SECONDS, 0.2 s): wait for its next write.
+        deadline = time.monotonic() + 10
+        while "/chat/token" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "/chat/token" in server.log(), "the chat was not minted on the running server"
 
 
