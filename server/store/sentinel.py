@@ -26,6 +26,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
+CLOSE_SECONDS = 2.0  # the most a watch waits to close its Sentinel connection
+
 log = logging.getLogger("voice.store")
 PROMOTIONS = ("+selected-slave", "+promoted-slave", "+switch-master")
 ABORTS = ("-failover-abort-not-elected", "-failover-abort-no-good-slave", "-failover-abort-slave-timeout")
@@ -75,9 +77,8 @@ class FailoverFence:
     async def aclose(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:  # bounded: a watch stuck closing a dead connection must not hold up shutdown
+            await asyncio.wait(self._tasks, timeout=CLOSE_SECONDS)
 
     async def _listen(self, sentinel: Redis) -> None:
         delay = 0.1
@@ -103,8 +104,13 @@ class FailoverFence:
             except Exception as exc:
                 log.debug("sentinel watch lost (%s); retrying", type(exc).__name__)
             finally:
+                # Bounded, and on cancellation too: closing a pubsub on a paused or failed-over
+                # Sentinel could wait for ever, and the cancelled watch with it (a test loop's
+                # teardown hung 120 s in CI).
                 with contextlib.suppress(Exception):
-                    await cast(Any, pubsub).aclose()  # untyped before redis-py 8.2
+                    await asyncio.wait_for(
+                        cast(Any, pubsub).aclose(), CLOSE_SECONDS
+                    )  # untyped before redis-py 8.2
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
