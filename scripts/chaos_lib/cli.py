@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from scripts.bench_lib.children import exit_on_termination
 from scripts.chaos_lib.ledger import Ledger
@@ -62,15 +63,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _usage(message: str) -> NoReturn:
+    """Bad options exit 2, as argparse's own errors do (1 means an invariant broke)."""
+    print(f"scripts/chaos: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def plans(args: argparse.Namespace) -> list[Plan]:
     out = []
     for topology in [t.strip() for t in args.store.split(",") if t.strip()]:
         if topology not in TOPOLOGIES:
-            raise SystemExit(f"scripts/chaos: unknown --store {topology!r} (redis, sentinel)")
+            _usage(f"unknown --store {topology!r} (redis, sentinel)")
         faults = tuple(f.strip() for f in getattr(args, f"{topology}_faults").split(",") if f.strip())
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
-            raise SystemExit(f"scripts/chaos: unknown fault {unknown[0]!r} (one of {', '.join(FAULTS)})")
+            _usage(f"unknown fault {unknown[0]!r} (one of {', '.join(FAULTS)})")
         out.append(
             Plan(
                 topology,

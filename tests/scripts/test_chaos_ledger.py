@@ -3,8 +3,14 @@ when broken, so a clean table means something."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from scripts.chaos_lib.ledger import Attempt, Fault, Ledger, Token, is_server_error
 from scripts.chaos_lib.report import Result, tables
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ledger_with(*outcomes: tuple[float, float, str]) -> tuple[Ledger, Token]:
@@ -73,3 +79,12 @@ def test_the_table_has_a_column_per_run_and_a_row_per_fault() -> None:
     assert "| | redis (2 nodes) | sentinel (2 nodes) |" in text
     assert "| **double-spent** (must be 0) | 0 | 0 |" in text
     assert "| redis (2 nodes) | node b SIGKILL | 0.5 s | 1.0 s | 0.25 s | 7 |" in text
+
+
+def test_bad_options_exit_2_with_the_choices_before_anything_starts() -> None:
+    """Exit 1 is kept for a broken invariant; a typo in a fault name must not read as one."""
+    for args in (["--store", "nope"], ["--store", "redis,sentinel", "--sentinel-faults", "boom"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "scripts.chaos_lib", *args], cwd=ROOT, capture_output=True, text=True
+        )
+        assert run.returncode == 2 and "scripts/chaos: unknown" in run.stderr, run.stderr
