@@ -10,6 +10,7 @@ import httpx
 import pytest
 import websockets
 
+from server.cli_conformance import SDP  # a syntactically complete browser audio offer
 from tests.support.procs import ServerProcess, start_server
 from tests.support.sdk import SdkClient
 
@@ -89,24 +90,7 @@ async def test_refused_consumes_are_counted_whatever_the_reason(server: ServerPr
                 with pytest.raises(websockets.ConnectionClosed):
                     while True:  # a refusal: its error frame, then the close
                         await asyncio.wait_for(ws.recv(), 10)
-        sdp = "\r\n".join(
-            [
-                "v=0",
-                "o=- 1 1 IN IP4 127.0.0.1",
-                "s=-",
-                "t=0 0",
-                "m=audio 9 UDP/TLS/RTP/SAVPF 111",
-                "c=IN IP4 0.0.0.0",
-                "a=ice-ufrag:abcd",
-                "a=ice-pwd:abcdefghijklmnopqrstuv",
-                "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
-                "a=setup:actpass",
-                "a=mid:0",
-                "a=rtpmap:111 opus/48000/2",
-                "",
-            ]
-        )
-        offer = await http.post("/webrtc/offer", json={"token": chat, "sdp": sdp, "type": "offer"})
+        offer = await http.post("/webrtc/offer", json={"token": chat, "sdp": SDP, "type": "offer"})
         assert offer.status_code == 403, offer.text
         after = (await http.get("/metrics")).text
     await sdk.close()
